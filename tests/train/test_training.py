@@ -1,0 +1,286 @@
+"""Training end to end on a small synthetic corpus: best.pt, determinism, resume, eval, checkpoints, convert."""
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mner.runtime.tags import TagScheme
+from mner.train import trainer as trainer_module
+from mner.train.checkpoint import load_checkpoint, save_checkpoint
+from mner.train.cli import eval_command, train_command
+from mner.train.convert import convert_reference_checkpoint, reference_key_map
+from mner.train.trainer import TrainArgs, train
+
+SMALL = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+         "augmentation_dim": 16}  # fmt: skip
+
+PEOPLE = ["Obama", "Merkel", "Kawhi Leonard", "Taylor Swift", "Macron"]
+PLACES = ["Paris", "Berlin", "New York", "Toronto", "Rome"]
+GROUPS = ["NBA", "Google", "UN", "Apple"]
+FILLER = ["visits", "meets", "in", "today", "with", "the", "fans", "of", "!", "#", "RT", "@user", "great", "show"]
+
+
+def synthetic_post(rng: random.Random) -> list[tuple[str, str]]:
+    words: list[tuple[str, str]] = []
+    for _ in range(rng.randint(2, 5)):
+        choice = rng.random()
+        if choice < 0.5:
+            words.append((rng.choice(FILLER), "O"))
+            continue
+        names, kind = (PEOPLE, "PER") if choice < 0.7 else (PLACES, "LOC") if choice < 0.9 else (GROUPS, "ORG")
+        for i, piece in enumerate(rng.choice(names).split()):
+            words.append((piece, ("B-" if i == 0 else "I-") + kind))
+    return words
+
+
+def write_corpus(directory: Path, sizes=(48, 16, 16), seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, size in zip(("train", "valid", "test"), sizes):
+        blocks = []
+        for index in range(size):
+            lines = [f"IMGID:{split}_{index}"] + [f"{w}\t{t}" for w, t in synthetic_post(rng)]
+            blocks.append("\n".join(lines))
+        (directory / f"{split}.txt").write_text("\n\n".join(blocks) + "\n\n", encoding="utf-8")
+    return directory
+
+
+def quick_args(tmp_path: Path, data: Path, name: str, **overrides) -> TrainArgs:
+    values = dict(data_dir=data, out_dir=tmp_path / name, preset="tiny", epochs=2, batch_size=8, seed=7,
+                  device="cpu", model_overrides=dict(SMALL))  # fmt: skip
+    values.update(overrides)
+    return TrainArgs(**values)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, corpus) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("trained")
+    summary = train(quick_args(out, corpus, "run", epochs=3))
+    return out / "run", summary
+
+
+def state_of(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path).model.state_dict()
+
+
+def test_training_writes_a_self_contained_best_pt(trained):
+    out, summary = trained
+    assert (out / "best.pt").is_file() and (out / "last.pt").is_file()
+    assert len(summary["history"]) == 3
+    assert summary["history"][-1]["loss"] < summary["history"][0]["loss"]
+    checkpoint = load_checkpoint(out / "best.pt")
+    assert checkpoint.scheme.entity_types == ("LOC", "ORG", "PER")
+    assert checkpoint.config.hidden_size == 32
+    payload = checkpoint.payload
+    assert set(payload["data_hashes"]) == {"train", "valid", "test"}
+    assert payload["metrics"]["test"]["micro"]["f1"] == summary["test"]["micro"]["f1"]
+    assert payload["versions"]["torch"] == torch.__version__.split("+")[0]
+    assert payload["train_args"]["preset"] == "tiny"
+    # The augmentation table travels inside the weights.
+    table = checkpoint.model.augmentation_table
+    assert table.shape[0] == checkpoint.config.augmentation_rows and table[0].abs().sum() == 0
+
+
+def test_training_is_deterministic_for_a_seed(tmp_path, corpus, trained):
+    out, _ = trained
+    again = tmp_path / "again"
+    train(quick_args(tmp_path, corpus, "again", epochs=3))
+    first, second = state_of(out / "best.pt"), state_of(again / "best.pt")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_resume_continues_exactly(tmp_path, corpus, monkeypatch):
+    full = quick_args(tmp_path, corpus, "full")
+    train(full)
+
+    calls = {"n": 0}
+    real_f1 = trainer_module.f1_of
+
+    def interrupted_f1(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # epoch 2's evaluation: epoch 1's last.pt is on disk
+            raise KeyboardInterrupt
+        return real_f1(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "f1_of", interrupted_f1)
+    with pytest.raises(KeyboardInterrupt):
+        train(quick_args(tmp_path, corpus, "resumed"))
+    monkeypatch.setattr(trainer_module, "f1_of", real_f1)
+    train(quick_args(tmp_path, corpus, "resumed", resume=True))
+    full_last = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["model"]
+    resumed_last = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["model"]
+    assert full_last.keys() == resumed_last.keys()
+    assert all(torch.equal(full_last[k], resumed_last[k]) for k in full_last)
+    first, second = state_of(tmp_path / "full" / "best.pt"), state_of(tmp_path / "resumed" / "best.pt")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_resume_validation(tmp_path, corpus):
+    with pytest.raises(ValueError, match="--resume: .*last.pt does not exist"):
+        train(quick_args(tmp_path, corpus, "nothing", resume=True))
+
+
+def test_train_argument_validation(tmp_path, corpus):
+    with pytest.raises(ValueError, match="unknown preset"):
+        train(quick_args(tmp_path, corpus, "x", preset="huge"))
+    with pytest.raises(ValueError, match="epochs and batch size must be >= 1"):
+        train(quick_args(tmp_path, corpus, "x", epochs=0))
+    with pytest.raises(ValueError, match="valid.txt is missing"):
+        empty = tmp_path / "partial"
+        empty.mkdir()
+        (empty / "train.txt").write_text((corpus / "train.txt").read_text())
+        train(quick_args(tmp_path, empty, "x"))
+
+
+def test_save_load_gives_identical_emissions(trained, tmp_path):
+    out, _ = trained
+    checkpoint = load_checkpoint(out / "best.pt")
+    copy = tmp_path / "copy.pt"
+    save_checkpoint(copy, checkpoint.model, checkpoint.scheme, checkpoint.text_encoder, note="copy")
+    reloaded = load_checkpoint(copy)
+    encoded = checkpoint.text_encoder.batch(checkpoint.text_encoder.encode_many([["Obama", "visits", "Paris"], ["RT"]]))
+    config = checkpoint.config
+    inputs = dict(
+        input_ids=torch.from_numpy(encoded["input_ids"]),
+        attention_mask=torch.from_numpy(encoded["attention_mask"]),
+        aug_ids=torch.from_numpy(encoded["aug_ids"]),
+        grid=torch.zeros(2, config.grid_cells, config.grid_dim),
+        image_mask=torch.zeros(2, dtype=torch.long),
+        object_ids=torch.zeros(2, config.num_objects, dtype=torch.long),
+    )
+    with torch.no_grad():
+        first, _ = checkpoint.model(**inputs)
+        second, _ = reloaded.model(**inputs)
+    assert torch.equal(first, second)
+    assert reloaded.payload["note"] == "copy"
+    assert reloaded.text_encoder.aug_vocab == checkpoint.text_encoder.aug_vocab
+
+
+def test_load_checkpoint_rejects_bad_files(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        load_checkpoint(garbage)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"classifier.weight": torch.zeros(2, 2)}, foreign)
+    with pytest.raises(ValueError, match="not an mner checkpoint.*mner-convert"):
+        load_checkpoint(foreign)
+
+
+def test_cli_describe_and_eval(trained, corpus):
+    out, summary = trained
+    runner = CliRunner()
+    result = runner.invoke(train_command, ["--describe", "--preset", "tiny"])
+    assert result.exit_code == 0, result.output
+    assert "txt2img_attention" in result.output and "total" in result.output
+    result = runner.invoke(eval_command, ["--ckpt", str(out / "best.pt"), "--data", str(corpus / "test.txt"), "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output[result.output.index("{"):])
+    assert metrics["micro"]["f1"] == pytest.approx(summary["test"]["micro"]["f1"])
+    result = runner.invoke(train_command, ["--preset", "tiny"])
+    assert result.exit_code != 0 and "--data and --out are required" in result.output
+
+
+# --- mner-convert ------------------------------------------------------------------------------------
+
+REFERENCE_LABELS = ["O", "B-MISC", "I-MISC", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "X", "[CLS]", "[SEP]"]
+
+
+def to_reference(model_state: dict[str, torch.Tensor], permutation: np.ndarray) -> dict[str, torch.Tensor]:
+    """Write our weights under the reference's names and label order (inverse of mner-convert)."""
+    names = [
+        *(f"bert.{k}" for k in (
+            "embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
+            "embeddings.token_type_embeddings.weight", "embeddings.LayerNorm.weight", "embeddings.LayerNorm.bias")),
+        "object_embeddings.weight", "vismap2text.weight", "vismap2text.bias", "vismap2text_v2.weight",
+        "vismap2text_v2.bias", "maug_linear.weight", "maug_linear.bias", "fus1_w1", "fus1_w2", "fus1_bias", "fus2_w1",
+        "fus2_w2", "fus2_bias", "fus3_linear.weight", "fus3_linear.bias", "fusion_w", "fusion_bias",
+        "classifier.weight", "classifier.bias", "aux_classifier.weight", "aux_classifier.bias",
+        "crf.start_transitions", "crf.end_transitions", "crf.transitions",
+        "aux_crf.start_transitions", "aux_crf.end_transitions", "aux_crf.transitions",
+    ]  # fmt: skip
+    parts = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+             "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm"]  # fmt: skip
+    blocks = ["self_attention", "self_attention_v2", "img2img_attention", "img2img_attention_v2", "obj2obj_attention",
+              "obj2obj_attention_v2", "txt2img_attention", "img2txt_attention", "txt2txt_attention",
+              "obj2txt_attention", "txt2obj_attention", "txt2obj_attention_v2"]  # fmt: skip
+    names += [f"bert.encoder.layer.0.{p}.{k}" for p in parts for k in ("weight", "bias")]
+    names += [f"{b}.layer.0.{p}.{k}" for b in blocks for p in parts for k in ("weight", "bias")]
+    inverse = np.argsort(permutation)  # reference row r holds our tag inverse[r]
+    reference = {}
+    for name in names:
+        value = model_state[reference_key_map(name)].clone()
+        if name.startswith("classifier.") or name in ("crf.start_transitions", "crf.end_transitions"):
+            value = value[torch.from_numpy(inverse)]
+        elif name == "crf.transitions":
+            value = value[torch.from_numpy(inverse)][:, torch.from_numpy(inverse)]
+        reference[name] = value
+    # keys their code has but the best configuration never uses
+    reference["bert.pooler.dense.weight"] = torch.zeros(4, 4)
+    reference["bert.embeddings.char_cnn_linear.weight"] = torch.zeros(4, 4)
+    reference["fus_cat_linear.weight"] = torch.zeros(4, 4)
+    return reference
+
+
+def test_convert_round_trips_a_reference_state_dict(tmp_path):
+    from transformers import BertConfig
+
+    from mner.train.convert import label_permutation
+    from mner.train.model import MGCMT, ModelConfig
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "Obama", "visits", "Paris", "##s", "R", "##T"]
+    bert_dir = tmp_path / "bert"
+    bert_dir.mkdir()
+    (bert_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    bert_config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    (bert_dir / "bert_config.json").write_text(bert_config.to_json_string())
+
+    scheme = TagScheme(("LOC", "MISC", "ORG", "PER"))
+    config = ModelConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64, augmentation_rows=6)  # fmt: skip
+    torch.manual_seed(0)
+    ours = MGCMT(config).eval()
+    table = torch.randn(6, 200)
+    table[0] = 0
+    ours.set_augmentation_table(table)
+    permutation = label_permutation(REFERENCE_LABELS, scheme)
+    weights = tmp_path / "pytorch_model.bin"
+    torch.save(to_reference(ours.state_dict(), permutation), weights)
+    np.save(tmp_path / "tweet_aug.npy", table.numpy())
+    (tmp_path / "words.txt").write_text("[PAD]\n[UNK]\nObama\nvisits\nParis\nRT\n")
+
+    report = convert_reference_checkpoint(
+        weights_path=weights, bert_dir=bert_dir, aug_table_path=tmp_path / "tweet_aug.npy",
+        reference_labels=REFERENCE_LABELS, out_path=tmp_path / "best.pt", word_vocab_path=tmp_path / "words.txt",
+    )  # fmt: skip
+    assert sorted(report.unmapped) == ["bert.embeddings.char_cnn_linear.weight", "bert.pooler.dense.weight",
+                                       "fus_cat_linear.weight"]  # fmt: skip
+    assert report.missing == []
+    converted = load_checkpoint(tmp_path / "best.pt")
+    assert converted.text_encoder.aug_row("Paris") == 4 and converted.text_encoder.aug_row("Unknown") == 1
+    state = converted.model.state_dict()
+    for key, value in ours.state_dict().items():
+        assert torch.equal(state[key], value), key
+
+
+def test_convert_rejects_foreign_files(tmp_path):
+    not_weights = tmp_path / "x.bin"
+    torch.save({"foo": torch.zeros(1)}, not_weights)
+    with pytest.raises(ValueError, match="not an MSCMT state_dict"):
+        convert_reference_checkpoint(weights_path=not_weights, bert_dir=tmp_path, aug_table_path=tmp_path / "t.npy",
+                                     reference_labels=REFERENCE_LABELS, out_path=tmp_path / "o.pt",
+                                     word_vocab_path=None, vocab_data_dir=tmp_path)  # fmt: skip

@@ -1,0 +1,487 @@
+"""Training MGCMT on TWITTER-format data into a self-contained best.pt.
+
+One function, ``train(TrainArgs)``: read the splits, build the tokenizer, the
+semantic-augmentation table and the frozen image features, then AdamW with linear
+warmup and decay; the dev F1 picks best.pt, and test F1 is reported for it.
+``last.pt`` (model + optimiser + scheduler + RNG state) makes ``--resume`` exact.
+Under ``torchrun`` it trains with DistributedDataParallel; rank 0 evaluates and saves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from mner.runtime.decode import CRFParameters, decode_words
+from mner.runtime.tags import TagScheme
+from mner.runtime.text import TextEncoder, label_ids
+from mner.train.augment import build_augmentation_table, load_word_vectors, train_word2vec
+from mner.train.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from mner.train.data import Post, read_conll, sha256_file
+from mner.train.metrics import evaluate_entities
+from mner.train.model import MGCMT, ModelConfig
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    learning_rate: float
+    batch_size: int
+    epochs: int
+    warmup_proportion: float = 0.1  # the reference's warmup_proportion
+    weight_decay: float = 0.01  # BertAdam's, not applied to biases and LayerNorm
+
+
+# The paper's run: lr 3e-5, batch 24, 64 word-pieces, 75 epochs (IIE4MNER config.epoch_num) on a
+# pretrained BERT. The tiny preset learns from scratch, so it needs a much larger step.
+TRAINING_DEFAULTS = {
+    "paper": TrainingDefaults(learning_rate=3e-5, batch_size=24, epochs=75),
+    "tiny": TrainingDefaults(learning_rate=1e-3, batch_size=32, epochs=12),
+}
+
+
+@dataclass
+class TrainArgs:
+    data_dir: Path
+    out_dir: Path
+    preset: str = "paper"
+    bert: Path | None = None  # a local pretrained BERT directory (config, weights, vocab.txt)
+    word_vectors: Path | None = None  # any gensim-loadable vectors; None = word2vec on the training text
+    images_dir: Path | None = None  # <images_dir>/<IMGID>.jpg; None = every post without image
+    resnet_weights: Path | None = None
+    detector_weights: Path | None = None
+    feature_cache: Path | None = None  # default: <out_dir>/features
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    warmup_proportion: float | None = None
+    weight_decay: float | None = None
+    max_length: int | None = None
+    seed: int = 42
+    device: str = "auto"
+    resume: bool = False
+    max_posts: int | None = None  # use only the first N posts of each split (quick runs, tests)
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # ablations: augmentation, fusion, aux_task
+
+    def resolved(self) -> "TrainArgs":
+        if self.preset not in TRAINING_DEFAULTS:
+            raise ValueError(f"unknown preset {self.preset!r}; expected one of {sorted(TRAINING_DEFAULTS)}")
+        defaults = TRAINING_DEFAULTS[self.preset]
+        values = {
+            name: getattr(self, name) if getattr(self, name) is not None else getattr(defaults, name)
+            for name in ("learning_rate", "batch_size", "epochs", "warmup_proportion", "weight_decay")
+        }
+        if values["epochs"] < 1 or values["batch_size"] < 1 or values["learning_rate"] <= 0:
+            raise ValueError(f"epochs and batch size must be >= 1 and the learning rate > 0, got {values}")
+        return dataclasses.replace(self, **values)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class Example:
+    """One post, encoded once: what a batch is cut from."""
+
+    input_ids: np.ndarray  # (n,) int64
+    aug_ids: np.ndarray  # (n,) int64
+    roles: np.ndarray  # (n,) int8
+    tags: np.ndarray  # (n,) int64
+    aux_tags: np.ndarray  # (n,) int64
+    word_tags: list[str]  # gold tags of the words kept (the truncated tail is not scored)
+    image_index: int  # row in the split's feature arrays
+
+
+class Features:
+    """Frozen image features of one split: grid (N, 49, 2048) float16, image_mask (N,), object ids (N, K)."""
+
+    def __init__(self, grid: np.ndarray | None, image_mask: np.ndarray, object_ids: np.ndarray) -> None:
+        self.grid = grid  # None when no post has an image: batches then use zeros
+        self.image_mask = image_mask
+        self.object_ids = object_ids
+
+    @classmethod
+    def none(cls, count: int, num_objects: int) -> "Features":
+        return cls(None, np.zeros(count, dtype=np.int64), np.zeros((count, num_objects), dtype=np.int64))
+
+    def take(self, rows: list[int], grid_cells: int, grid_dim: int) -> tuple[torch.Tensor, ...]:
+        if self.grid is None:
+            grid = torch.zeros(len(rows), grid_cells, grid_dim)
+        else:
+            grid = torch.from_numpy(self.grid[rows].astype(np.float32))
+        return grid, torch.from_numpy(self.image_mask[rows]), torch.from_numpy(self.object_ids[rows])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def read_splits(data_dir: Path, max_posts: int | None) -> dict[str, list[Post]]:
+    splits = {}
+    for split in SPLITS:
+        path = data_dir / f"{split}.txt"
+        if not path.is_file():
+            raise ValueError(f"{data_dir} must hold train.txt, valid.txt and test.txt; {path.name} is missing")
+        posts = read_conll(path)
+        if not posts:
+            raise ValueError(f"{path} holds no posts")
+        splits[split] = posts[:max_posts] if max_posts else posts
+    return splits
+
+
+def build_text_encoder(args: TrainArgs, splits: dict[str, list[Post]], config: ModelConfig) -> tuple[TextEncoder, np.ndarray, Any]:
+    """Tokenizer + augmentation vocabulary, and the augmentation table (rows, dim)."""
+    from mner.train.tokenizer import train_wordpiece
+
+    train_words = [word for post in splits["train"] for word in post.words]
+    if args.word_vectors is not None:
+        vectors = load_word_vectors(args.word_vectors)
+    else:
+        logger.info("training word2vec (%d dims) on the training text for semantic augmentation", config.augmentation_dim)
+        vectors = train_word2vec([post.words for post in splits["train"]], dim=config.augmentation_dim, seed=args.seed)
+    if vectors.vector_size != config.augmentation_dim:
+        raise ValueError(
+            f"word vectors {args.word_vectors} have {vectors.vector_size} dimensions; the model expects "
+            f"{config.augmentation_dim}"
+        )
+    # Rows for every word of the three splits, as the reference's table: the vectors are
+    # unsupervised, so covering dev/test words uses no labels.
+    all_words = [word for posts in splits.values() for post in posts for word in post.words]
+    table, aug_vocab = build_augmentation_table(vectors, all_words)
+    if args.bert is not None:
+        encoder = TextEncoder.from_bert_dir(args.bert, aug_vocab=aug_vocab, max_length=config.max_length)
+    else:
+        tokenizer = train_wordpiece(train_words, vocab_size=config.vocab_size)
+        encoder = TextEncoder(tokenizer, aug_vocab, max_length=config.max_length)
+    return encoder, table, vectors
+
+
+def build_model(args: TrainArgs, config: ModelConfig) -> MGCMT:
+    if args.bert is None:
+        return MGCMT(config)
+    from transformers import BertModel
+
+    bert = BertModel.from_pretrained(
+        str(args.bert), add_pooling_layer=False, attn_implementation="eager", local_files_only=True
+    )
+    return MGCMT(config, bert=bert)
+
+
+def model_config_for(args: TrainArgs, scheme: TagScheme, vocab_size: int, table_rows: int) -> ModelConfig:
+    overrides = dict(args.model_overrides)
+    if args.bert is not None:
+        from transformers import BertConfig
+
+        bert = BertConfig.from_pretrained(str(args.bert), local_files_only=True)
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings", "hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps"):  # fmt: skip
+            overrides[name] = getattr(bert, name)
+        vocab_size = bert.vocab_size
+    if args.max_length is not None:
+        overrides["max_length"] = args.max_length
+    return ModelConfig.preset(
+        args.preset,
+        vocab_size=vocab_size,
+        num_tags=scheme.num_tags,
+        augmentation_rows=table_rows,
+        **overrides,
+    )
+
+
+def encode_split(posts: list[Post], encoder: TextEncoder, scheme: TagScheme) -> list[Example]:
+    examples = []
+    truncated = 0
+    for index, (post, encoded) in enumerate(zip(posts, encoder.encode_many([post.words for post in posts]))):
+        tags, aux_tags = label_ids(encoded, post.tags, scheme)
+        truncated += int(encoded.truncated)
+        examples.append(
+            Example(
+                input_ids=encoded.input_ids,
+                aug_ids=encoded.aug_ids,
+                roles=encoded.roles,
+                tags=tags,
+                aux_tags=aux_tags,
+                word_tags=list(post.tags[: encoded.n_words]),
+                image_index=index,
+            )
+        )
+    if truncated:
+        logger.warning("%d of %d posts exceed %d word-pieces and were truncated", truncated, len(posts), encoder.max_length)
+    return examples
+
+
+def split_features(args: TrainArgs, posts: list[Post], config: ModelConfig) -> Features:
+    if args.images_dir is None:
+        return Features.none(len(posts), config.num_objects)
+    from mner.train.vision import FeatureCache
+
+    cache = FeatureCache(
+        cache_dir=args.feature_cache or args.out_dir / "features",
+        resnet_weights=args.resnet_weights,
+        detector_weights=args.detector_weights,
+        device=resolve_device(args.device),
+    )
+    paths = [args.images_dir / f"{post.image_id}.jpg" if post.image_id else None for post in posts]
+    grid, image_mask, object_ids, _problems = cache.get_or_compute(paths)
+    return Features(grid.astype(np.float16), image_mask.astype(np.int64), object_ids[:, : config.num_objects])
+
+
+def collate(examples: list[Example], features: Features, config: ModelConfig, pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad to the longest post of the batch (not to max_length: padding is wasted work)."""
+    length = max(len(e.input_ids) for e in examples)
+    batch = len(examples)
+    input_ids = np.full((batch, length), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((batch, length), dtype=np.int64)
+    aug_ids = np.zeros((batch, length), dtype=np.int64)
+    roles = np.zeros((batch, length), dtype=np.int8)
+    tags = np.zeros((batch, length), dtype=np.int64)
+    aux_tags = np.zeros((batch, length), dtype=np.int64)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        input_ids[row, :n] = example.input_ids
+        attention_mask[row, :n] = 1
+        aug_ids[row, :n] = example.aug_ids
+        roles[row, :n] = example.roles
+        tags[row, :n] = example.tags
+        aux_tags[row, :n] = example.aux_tags
+    grid, image_mask, object_ids = features.take([e.image_index for e in examples], config.grid_cells, config.grid_dim)
+    return {
+        "input_ids": torch.from_numpy(input_ids),
+        "attention_mask": torch.from_numpy(attention_mask),
+        "aug_ids": torch.from_numpy(aug_ids),
+        "grid": grid,
+        "image_mask": image_mask,
+        "object_ids": object_ids,
+        "tags": torch.from_numpy(tags),
+        "aux_tags": torch.from_numpy(aux_tags),
+        "roles": torch.from_numpy(roles),
+    }
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "aug_ids", "grid", "image_mask", "object_ids")
+
+
+def batches(examples: list[Example], batch_size: int, order: list[int]) -> Iterator[list[Example]]:
+    for start in range(0, len(order), batch_size):
+        yield [examples[i] for i in order[start : start + batch_size]]
+
+
+@torch.no_grad()
+def predict(
+    model: MGCMT, examples: list[Example], features: Features, scheme: TagScheme, pad_id: int,
+    device: torch.device, batch_size: int = 64, progress: bool = False,
+) -> list[list[str]]:  # fmt: skip
+    """Word tags for every example, in order (deterministic: eval mode, no sampling)."""
+    was_training = model.training
+    model.eval()
+    crf = CRFParameters(**{k: v for k, v in model.crf.parameters_numpy().items()})
+    predictions: list[list[str]] = []
+    order = list(range(len(examples)))
+    for chunk in tqdm(list(batches(examples, batch_size, order)), desc="decode", disable=not progress, leave=False):
+        batch = collate(chunk, features, model.config, pad_id)
+        emissions, _ = model(**{k: batch[k].to(device) for k in MODEL_INPUTS})
+        lengths = batch["attention_mask"].sum(dim=1).numpy()
+        decoded = decode_words(emissions.float().cpu().numpy(), lengths, batch["roles"].numpy(), scheme, crf)
+        predictions.extend(decoded.word_tags)
+    model.train(was_training)
+    return predictions
+
+
+def f1_of(model, examples, features, scheme, pad_id, device) -> dict[str, Any]:
+    predictions = predict(model, examples, features, scheme, pad_id, device)
+    return evaluate_entities([e.word_tags for e in examples], predictions)
+
+
+def optimizer_for(model: nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        is_norm_or_bias = name.endswith("bias") or "LayerNorm" in name or "_norm." in name
+        (no_decay if is_norm_or_bias else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=learning_rate)
+
+
+def linear_warmup_decay(optimizer, total_steps: int, warmup_proportion: float) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup_steps = max(1, int(total_steps * warmup_proportion))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) under torchrun, else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def train(args: TrainArgs) -> dict[str, Any]:
+    """Train, write <out_dir>/best.pt and last.pt, and return the summary (dev/test F1, time)."""
+    args = args.resolved()
+    started = time.perf_counter()
+    rank, world = _distributed()
+    device = resolve_device(args.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    seed_everything(args.seed)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+
+    splits = read_splits(args.data_dir, args.max_posts)
+    scheme = TagScheme.from_bio_tags(tag for posts in splits.values() for post in posts for tag in post.tags)
+    probe = ModelConfig.preset(args.preset, **args.model_overrides)
+    encoder, table, _ = build_text_encoder(args, splits, probe)
+    vocab_size = encoder.tokenizer.get_vocab_size()
+    config = model_config_for(args, scheme, vocab_size, table.shape[0])
+    if config.vocab_size < vocab_size:
+        raise ValueError(f"tokenizer has {vocab_size} pieces but the model only {config.vocab_size} embeddings")
+    logger.info("tags: %s", scheme.tags)
+
+    seed_everything(args.seed)  # the model's initialisation does not depend on how much the steps above drew
+    model = build_model(args, config).to(device)
+    if config.augmentation != "none":
+        model.set_augmentation_table(torch.from_numpy(table).to(device))
+    examples = {split: encode_split(posts, encoder, scheme) for split, posts in splits.items()}
+    features = {split: split_features(args, posts, config) for split, posts in splits.items()}
+    pad_id = encoder.pad_id
+
+    steps_per_epoch = math.ceil(len(examples["train"]) / (args.batch_size * world))
+    total_steps = steps_per_epoch * args.epochs
+    optimizer = optimizer_for(model, args.learning_rate, args.weight_decay)
+    scheduler = linear_warmup_decay(optimizer, total_steps, args.warmup_proportion)
+    data_hashes = {split: sha256_file(args.data_dir / f"{split}.txt") for split in SPLITS}
+    state = {"epoch": 0, "best_dev_f1": -1.0, "history": []}
+
+    last_path, best_path = args.out_dir / "last.pt", args.out_dir / "best.pt"
+    if args.resume:
+        if not last_path.is_file():
+            raise ValueError(f"--resume: {last_path} does not exist; train without --resume first")
+        resume_state = torch.load(last_path, map_location=device, weights_only=False)
+        if resume_state["data_hashes"] != data_hashes or resume_state["model_config"] != config.to_dict():
+            raise ValueError(f"--resume: {last_path} was trained on other data or another model configuration")
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        state = resume_state["progress"]
+        random.setstate(resume_state["rng"]["python"])
+        np.random.set_state(resume_state["rng"]["numpy"])
+        torch.set_rng_state(resume_state["rng"]["torch"])
+        logger.info("resuming after epoch %d (best dev F1 %.4f)", state["epoch"], state["best_dev_f1"])
+
+    trained = model
+    if world > 1:
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    train_examples = examples["train"]
+    for epoch in range(state["epoch"], args.epochs):
+        model.train()
+        order = np.random.RandomState(args.seed + epoch).permutation(len(train_examples)).tolist()
+        order = order[rank::world]
+        losses = []
+        progress = tqdm(list(batches(train_examples, args.batch_size, order)), desc=f"epoch {epoch + 1}/{args.epochs}",
+                        disable=rank != 0, leave=False)  # fmt: skip
+        for chunk in progress:
+            batch = collate(chunk, features["train"], config, pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            emissions, aux_emissions = trained(**{k: batch[k] for k in MODEL_INPUTS})
+            loss = model.loss(emissions, aux_emissions, batch["tags"], batch["aux_tags"], batch["attention_mask"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            progress.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        state["epoch"] = epoch + 1
+        if rank == 0:
+            dev = f1_of(model, examples["valid"], features["valid"], scheme, pad_id, device)
+            record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "dev_f1": dev["micro"]["f1"],
+                      "elapsed_s": round(time.perf_counter() - started, 1)}  # fmt: skip
+            state["history"].append(record)
+            logger.info("epoch %d: loss %.4f, dev F1 %.4f", epoch + 1, record["loss"], record["dev_f1"])
+            if dev["micro"]["f1"] > state["best_dev_f1"]:
+                state["best_dev_f1"] = dev["micro"]["f1"]
+                save_checkpoint(best_path, model, scheme, encoder, train_args=args.to_payload(),
+                                data_hashes=data_hashes, metrics={"dev": dev, "epoch": epoch + 1})  # fmt: skip
+            torch.save({
+                "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "progress": state, "data_hashes": data_hashes,
+                "model_config": config.to_dict(),
+                "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+            }, last_path)  # fmt: skip
+        if world > 1:
+            torch.distributed.barrier()
+
+    summary: dict[str, Any] = {"history": state["history"], "best_dev_f1": state["best_dev_f1"]}
+    if rank == 0:
+        best = load_checkpoint(best_path, map_location=device)
+        best.model.to(device)
+        test = f1_of(best.model, examples["test"], features["test"], scheme, pad_id, device)
+        dev = best.payload["metrics"]["dev"]
+        summary.update(test=test, dev=dev, best_epoch=best.payload["metrics"]["epoch"])
+        save_checkpoint(best_path, best.model, scheme, encoder, train_args=args.to_payload(), data_hashes=data_hashes,
+                        metrics={"dev": dev, "test": test, "epoch": summary["best_epoch"]})  # fmt: skip
+    summary["elapsed_s"] = round(time.perf_counter() - started, 1)
+    return summary
+
+
+def evaluate_checkpoint(
+    checkpoint_path: Path,
+    data_path: Path,
+    images_dir: Path | None = None,
+    resnet_weights: Path | None = None,
+    detector_weights: Path | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Entity-level scores of a checkpoint on one CoNLL + IMGID file (deterministic)."""
+    torch_device = resolve_device(device)
+    checkpoint = load_checkpoint(checkpoint_path, map_location=torch_device)
+    model = checkpoint.model.to(torch_device)
+    posts = read_conll(data_path)
+    if not posts:
+        raise ValueError(f"{data_path} holds no posts")
+    encoder, config = checkpoint.text_encoder, checkpoint.config
+    examples = []
+    for index, (post, encoded) in enumerate(zip(posts, encoder.encode_many([post.words for post in posts]))):
+        unused_labels = np.zeros(len(encoded.input_ids), dtype=np.int64)  # decoding needs no gold label ids
+        examples.append(Example(encoded.input_ids, encoded.aug_ids, encoded.roles, unused_labels, unused_labels,
+                                list(post.tags[: encoded.n_words]), index))  # fmt: skip
+    args = TrainArgs(data_dir=data_path.parent, out_dir=checkpoint_path.parent, images_dir=images_dir,
+                     resnet_weights=resnet_weights, detector_weights=detector_weights, device=device)  # fmt: skip
+    features = split_features(args, posts, config)
+    predictions = predict(model, examples, features, checkpoint.scheme, encoder.pad_id, torch_device, progress=True)
+    return evaluate_entities([e.word_tags for e in examples], predictions)
