@@ -77,6 +77,8 @@ def _optional_path(value: str | None) -> Path | None:
 @click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), help="Folder of <IMGID>.jpg; default: no images.")
 @click.option("--resnet-weights", type=click.Path(exists=True, dir_okay=False), help="torchvision ResNet-152 state_dict file.")
 @click.option("--detector-weights", type=click.Path(exists=True, dir_okay=False), help="torchvision RetinaNet-ResNet50-FPN-v2 COCO state_dict file.")
+@click.option("--grid-arch", type=click.Choice(["resnet152", "resnet101", "resnet50"]), default="resnet152", show_default=True, help="Frozen grid encoder (the paper: ResNet-152).")
+@click.option("--detector-size", type=int, default=512, show_default=True, help="Letterbox side of the detector input (a multiple of 128).")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int)
 @click.option("--lr", "learning_rate", type=float)

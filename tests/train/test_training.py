@@ -1,7 +1,6 @@
 """Training end to end on a small synthetic corpus: best.pt, determinism, resume, eval, checkpoints, convert."""
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -14,40 +13,14 @@ from mner.train import trainer as trainer_module
 from mner.train.checkpoint import load_checkpoint, save_checkpoint
 from mner.train.cli import eval_command, train_command
 from mner.train.convert import convert_reference_checkpoint, reference_key_map
+from mner.train.sample import write_sample_corpus
 from mner.train.trainer import TrainArgs, train
 
 SMALL = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
          "augmentation_dim": 16}  # fmt: skip
 
-PEOPLE = ["Obama", "Merkel", "Kawhi Leonard", "Taylor Swift", "Macron"]
-PLACES = ["Paris", "Berlin", "New York", "Toronto", "Rome"]
-GROUPS = ["NBA", "Google", "UN", "Apple"]
-FILLER = ["visits", "meets", "in", "today", "with", "the", "fans", "of", "!", "#", "RT", "@user", "great", "show"]
-
-
-def synthetic_post(rng: random.Random) -> list[tuple[str, str]]:
-    words: list[tuple[str, str]] = []
-    for _ in range(rng.randint(2, 5)):
-        choice = rng.random()
-        if choice < 0.5:
-            words.append((rng.choice(FILLER), "O"))
-            continue
-        names, kind = (PEOPLE, "PER") if choice < 0.7 else (PLACES, "LOC") if choice < 0.9 else (GROUPS, "ORG")
-        for i, piece in enumerate(rng.choice(names).split()):
-            words.append((piece, ("B-" if i == 0 else "I-") + kind))
-    return words
-
-
-def write_corpus(directory: Path, sizes=(48, 16, 16), seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    for split, size in zip(("train", "valid", "test"), sizes):
-        blocks = []
-        for index in range(size):
-            lines = [f"IMGID:{split}_{index}"] + [f"{w}\t{t}" for w, t in synthetic_post(rng)]
-            blocks.append("\n".join(lines))
-        (directory / f"{split}.txt").write_text("\n\n".join(blocks) + "\n\n", encoding="utf-8")
-    return directory
+def write_corpus(directory: Path, seed: int = 0) -> Path:
+    return write_sample_corpus(directory, seed=seed, sizes={"train": 48, "valid": 16, "test": 16})
 
 
 def quick_args(tmp_path: Path, data: Path, name: str, **overrides) -> TrainArgs:
@@ -79,7 +52,7 @@ def test_training_writes_a_self_contained_best_pt(trained):
     assert len(summary["history"]) == 3
     assert summary["history"][-1]["loss"] < summary["history"][0]["loss"]
     checkpoint = load_checkpoint(out / "best.pt")
-    assert checkpoint.scheme.entity_types == ("LOC", "ORG", "PER")
+    assert checkpoint.scheme.entity_types == ("LOC", "MISC", "ORG", "PER")
     assert checkpoint.config.hidden_size == 32
     payload = checkpoint.payload
     assert set(payload["data_hashes"]) == {"train", "valid", "test"}
@@ -124,6 +97,23 @@ def test_resume_continues_exactly(tmp_path, corpus, monkeypatch):
     assert all(torch.equal(full_last[k], resumed_last[k]) for k in full_last)
     first, second = state_of(tmp_path / "full" / "best.pt"), state_of(tmp_path / "resumed" / "best.pt")
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_training_with_images_uses_cached_features(tmp_path, corpus):
+    images = corpus / "images"
+    args = quick_args(tmp_path, corpus, "images", epochs=1, images_dir=images, grid_arch="resnet50", detector_size=128)
+    summary = train(args)
+    cached = list((tmp_path / "images" / "features").rglob("*.npz"))
+    with_image = sum(1 for _ in images.glob("*.jpg"))
+    assert 0 < len(cached) <= with_image
+    features = trainer_module.split_features(args, trainer_module.read_conll(corpus / "test.txt"), load_checkpoint(
+        tmp_path / "images" / "best.pt").config)
+    assert 0 < features.image_mask.sum() < len(features.image_mask)  # some test posts have images, some not
+    assert features.grid[features.image_mask == 0].max() == 0
+    result = CliRunner().invoke(eval_command, ["--ckpt", str(tmp_path / "images" / "best.pt"), "--data",
+                                               str(corpus / "test.txt"), "--images", str(images), "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output[result.output.index("{"):])["micro"]["f1"] == pytest.approx(summary["test"]["micro"]["f1"])
 
 
 def test_resume_validation(tmp_path, corpus):
