@@ -291,6 +291,22 @@ def collate(examples: list[Example], features: Features, config: ModelConfig, pa
 MODEL_INPUTS = ("input_ids", "attention_mask", "aug_ids", "grid", "image_mask", "object_ids")
 
 
+def bucketed_order(lengths: list[int], batch_size: int, rng: np.random.RandomState, pool: int = 50) -> list[list[int]]:
+    """Training batches of similar lengths, in random order.
+
+    Shuffle, sort each pool of `pool` batches' worth of posts by length, cut into batches,
+    shuffle the batches: padding (wasted work) drops by about half on TWITTER text while
+    every epoch still sees the posts in a fresh random grouping.
+    """
+    order = rng.permutation(len(lengths))
+    chunk = batch_size * pool
+    groups = []
+    for start in range(0, len(order), chunk):
+        pooled = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+        groups += [pooled[i : i + batch_size] for i in range(0, len(pooled), batch_size)]
+    return [groups[i] for i in rng.permutation(len(groups))]
+
+
 def batches(examples: list[Example], batch_size: int, order: list[int]) -> Iterator[list[Example]]:
     for start in range(0, len(order), batch_size):
         yield [examples[i] for i in order[start : start + batch_size]]
@@ -384,7 +400,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
     features = {split: split_features(args, posts, config) for split, posts in splits.items()}
     pad_id = encoder.pad_id
 
-    steps_per_epoch = math.ceil(len(examples["train"]) / (args.batch_size * world))
+    steps_per_epoch = math.ceil(len(examples["train"]) / args.batch_size) // world
     total_steps = steps_per_epoch * args.epochs
     optimizer = optimizer_for(model, args.learning_rate, args.weight_decay)
     scheduler = linear_warmup_decay(optimizer, total_steps, args.warmup_proportion)
@@ -411,14 +427,17 @@ def train(args: TrainArgs) -> dict[str, Any]:
     if world > 1:
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     train_examples = examples["train"]
+    train_lengths = [len(e.input_ids) for e in train_examples]
     for epoch in range(state["epoch"], args.epochs):
         model.train()
-        order = np.random.RandomState(args.seed + epoch).permutation(len(train_examples)).tolist()
-        order = order[rank::world]
+        rng = np.random.RandomState(args.seed + epoch)
+        # Each rank takes every world-th batch: same batch shapes across ranks, no post seen twice.
+        groups = bucketed_order(train_lengths, args.batch_size, rng)
+        groups = groups[: len(groups) - len(groups) % world][rank::world]  # equal step counts, or DDP would hang
         losses = []
-        progress = tqdm(list(batches(train_examples, args.batch_size, order)), desc=f"epoch {epoch + 1}/{args.epochs}",
-                        disable=rank != 0, leave=False)  # fmt: skip
-        for chunk in progress:
+        progress = tqdm(groups, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0, leave=False)
+        for group in progress:
+            chunk = [train_examples[i] for i in group]
             batch = collate(chunk, features["train"], config, pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             emissions, aux_emissions = trained(**{k: batch[k] for k in MODEL_INPUTS})
