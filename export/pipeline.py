@@ -1,0 +1,236 @@
+"""export_bundle: a checkpoint -> a checked bundle (what mner-export runs).
+
+Order, so that a mistake costs as little as possible and nothing half-done remains:
+
+1. checks that need no work: TensorRT and a GPU (for ``trt``), the stage names, the
+   destination, the weight and text files exist;
+2. the checkpoint is loaded (a bad or foreign file fails here, named);
+3. per stage, in a temporary directory: build the module, export the FP32 graph,
+   check it (onnx.checker, interface), run parity; with ``fp16``, convert, check,
+   run parity again; the tagger also decodes the parity text;
+4. all parity failures, from every stage, raise one ``ParityError`` -- no bundle;
+5. TensorRT engines (``trt``), CRF and tokenizer files, the manifest, and the rename.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+import onnx
+
+from mner.export import detector as detector_stage
+from mner.export.bundle import BundleWriter, check_destination, read_manifest, sha256_file
+from mner.export.fp16 import convert_to_fp16
+from mner.export.graph import EXPORTER, check_graph, export_graph
+from mner.export.parity import (
+    ParityReport,
+    TextSource,
+    check_outputs,
+    compare_tags,
+    cpu_session,
+    synthetic_text,
+    tag_posts,
+)
+from mner.export.spec import BuiltStage, Sources, StageSpec
+from mner.export.stages import select_stages
+from mner.export.trt import build_engines, require_tensorrt
+from mner.runtime.image import DETECTOR_SIZE, preprocessing_constants
+from mner.train.checkpoint import load_checkpoint
+from mner.train.data import read_conll
+from mner.train.vision import DETECTOR_TOP_K, GRID_ARCHS
+
+logger = logging.getLogger(__name__)
+
+SYNTHETIC_POSTS = 200  # parity posts when no --parity-data is given
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    manifest: dict[str, Any]
+    seconds: float
+
+    @property
+    def bytes(self) -> int:
+        return sum(entry["bytes"] for entry in self.manifest["files"].values())
+
+
+def export_bundle(
+    *,
+    ckpt: str | os.PathLike,
+    out: str | os.PathLike,
+    fp16: bool = False,
+    trt: bool = False,
+    resnet_weights: str | os.PathLike | None = None,
+    detector_weights: str | os.PathLike | None = None,
+    stages: str | Sequence[str] | None = None,
+    parity_data: str | os.PathLike | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    vision_arch: str = "resnet152",
+    detector_size: int = DETECTOR_SIZE,
+) -> ExportResult:
+    """Export ``ckpt`` into the bundle ``out``; see the module docstring for the order of work.
+
+    ``trt`` builds engines from the FP16 graphs, so it writes them too. ``vision_arch``
+    and ``detector_size`` exist for tests and small demos (resnet50, a 128-pixel detector);
+    the manifest records both. Raises ValueError (ParityError, BundleError included) for
+    what the caller can fix, TensorRTUnavailable where TensorRT or a GPU is missing.
+    """
+    start = time.perf_counter()
+    trt_module = require_tensorrt() if trt else None  # first: nothing is read or written before it
+    specs = select_stages(stages)
+    out = Path(out)
+    check_destination(out, overwrite)
+    if vision_arch not in GRID_ARCHS:
+        raise ValueError(f"vision_arch must be one of {GRID_ARCHS}, got {vision_arch!r}")
+    paths = {"--resnet-weights": resnet_weights, "--detector-weights": detector_weights, "--parity-data": parity_data}
+    for option, path in paths.items():
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"{option} {path}: no such file")
+    fp16 = fp16 or trt
+
+    ckpt = Path(ckpt)
+    checkpoint = load_checkpoint(ckpt)
+    sources = Sources(
+        checkpoint=checkpoint,
+        checkpoint_path=ckpt,
+        checkpoint_sha256=sha256_file(ckpt),
+        resnet_weights=Path(resnet_weights) if resnet_weights else None,
+        detector_weights=Path(detector_weights) if detector_weights else None,
+        seed=seed,
+        vision_arch=vision_arch,
+        detector_size=detector_size,
+    )
+    text = _parity_text(parity_data, checkpoint, seed) if any(s.name == "tagger" for s in specs) else None
+    report = ParityReport(text=text.description if text else {})
+    precisions = ("fp32", "fp16") if fp16 else ("fp32",)
+
+    with BundleWriter(out, overwrite=overwrite) as writer:
+        entries: dict[str, Any] = {}
+        built_stages: list[tuple[StageSpec, BuiltStage]] = []
+        for spec in specs:
+            built = spec.build(sources)
+            entries[spec.name] = _export_stage(spec, built, writer.dir, precisions, seed, report)
+            if spec.name == "tagger" and text is not None:
+                _check_tags(spec, built, writer.dir, precisions, text, checkpoint, seed, report)
+            built_stages.append((spec, built))
+        report.raise_if_failed()
+        engines = build_engines(trt_module, writer.dir, built_stages) if trt_module is not None else {}
+
+        crf = checkpoint.crf_parameters()
+        crf.save_npz(writer.dir / "crf.npz")
+        checkpoint.text_encoder.save(writer.dir / "tokenizer")
+        manifest = {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "producer": {"tool": "mner-export", "mner": _version("mner")},
+            "versions": _versions(trt_module),
+            "model": {
+                "config": checkpoint.config.to_dict(),
+                "checkpoint": {
+                    "file": ckpt.name,
+                    "sha256": sources.checkpoint_sha256,
+                    "random_weights": checkpoint.payload.get("random_weights"),
+                },
+            },
+            "tags": checkpoint.scheme.to_json(),
+            "crf": {
+                "file": "crf.npz",
+                "dtype": "float32",
+                "arrays": {"start": list(crf.start.shape), "end": list(crf.end.shape), "transitions": list(crf.transitions.shape)},
+            },
+            "tokenizer": {
+                "dir": "tokenizer",
+                "files": sorted(p.name for p in (writer.dir / "tokenizer").iterdir()),
+                "max_length": checkpoint.text_encoder.max_length,
+            },
+            "preprocessing": {
+                "image": {**preprocessing_constants(), "detector_size": detector_size},
+                "objects": {**detector_stage.selection_settings(checkpoint.config.num_objects), "top_k": DETECTOR_TOP_K},
+            },
+            "stages": entries,
+            "engines": engines,
+            "parity": report.to_json(),
+        }
+        path = writer.commit(manifest)
+    result = ExportResult(path, read_manifest(path), time.perf_counter() - start)
+    logger.info("exported %s in %.0f s (%.1f MiB)", path, result.seconds, result.bytes / 2**20)
+    return result
+
+
+def _export_stage(spec: StageSpec, built: BuiltStage, directory: Path, precisions, seed: int, report: ParityReport) -> dict:
+    inputs, outputs = spec.resolved(built)
+    fp32_path = directory / spec.graph_file("fp32")
+    started = time.perf_counter()
+    export_graph(spec, built, fp32_path, seed)
+    logger.info("%s: exported %s in %.0f s", spec.name, fp32_path.name, time.perf_counter() - started)
+    graphs: dict[str, Any] = {"fp32": {"file": fp32_path.name}}
+    for precision in precisions:
+        path = directory / spec.graph_file(precision)
+        if precision == "fp16":
+            model, fp16_report = convert_to_fp16(onnx.load(str(fp32_path)), spec.fp16)
+            onnx.save(model, str(path))
+            del model
+            check_graph(path, inputs, outputs)
+            graphs["fp16"] = {"file": path.name, "kept_fp32": fp16_report.to_json()}
+        started = time.perf_counter()
+        check_outputs(spec, built, cpu_session(path), precision, seed, report)
+        logger.info("%s: %s parity at %d sizes in %.0f s", spec.name, precision, len(spec.parity_sizes), time.perf_counter() - started)
+    return {
+        "summary": spec.summary,
+        "inputs": [t.to_json() for t in inputs],
+        "outputs": [t.to_json() for t in outputs],
+        "dynamic_axes": {axis: {"min": low, "max": high} for axis, (low, high) in built.axis_bounds.items()},
+        "opset": spec.opset,
+        "exporter": EXPORTER,
+        "graphs": graphs,
+        "weights": built.weights,
+        "tolerance": {"fp32": dict(spec.tolerance), "fp16": dict(spec.fp16_tolerance)},
+        **built.info,
+    }
+
+
+def _check_tags(spec, built, directory, precisions, text: TextSource, checkpoint, seed: int, report: ParityReport) -> None:
+    """Decode the parity text with PyTorch and with each graph; FP32 must match on every post."""
+    encoder, scheme, crf = checkpoint.text_encoder, checkpoint.scheme, checkpoint.crf_parameters()
+    case = f"{text.description['source']} ({len(text.posts)} posts)"
+    reference = tag_posts(lambda inputs: built.run(inputs, spec.input_names)[0], text.posts, encoder, scheme, crf,
+                          built.dims, seed, "tags: torch")  # fmt: skip
+    for precision in precisions:
+        session = cpu_session(directory / spec.graph_file(precision))
+        candidate = tag_posts(lambda inputs: session.run(["emissions"], inputs)[0], text.posts, encoder, scheme, crf,
+                              built.dims, seed, f"tags: onnx {precision}")  # fmt: skip
+        report.add(spec.name, precision, case, [compare_tags(reference, candidate, strict=precision == "fp32")])
+
+
+def _parity_text(parity_data, checkpoint, seed: int) -> TextSource:
+    if parity_data is None:
+        return synthetic_text(checkpoint.text_encoder, SYNTHETIC_POSTS, seed)
+    path = Path(parity_data)
+    posts = [post.words for post in read_conll(path)]
+    if not posts:
+        raise ValueError(f"--parity-data {path} holds no posts")
+    return TextSource(posts, {"source": path.name, "sha256": sha256_file(path), "posts": len(posts)})
+
+
+def _versions(trt_module) -> dict[str, str | None]:
+    versions = {"python": platform.python_version()}
+    for name in ("numpy", "torch", "torchvision", "transformers", "onnx", "onnxruntime", "onnxscript"):
+        versions[name] = _version(name)
+    versions["tensorrt"] = trt_module.__version__ if trt_module is not None else None
+    return versions
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
