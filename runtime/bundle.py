@@ -1,0 +1,411 @@
+"""The bundle reader: what ``mner-export`` wrote, checked before anything runs from it.
+
+The layout and ``manifest.json``'s schema are defined by the writer
+(``mner.export.bundle``'s docstring, format version 1); this module reads them
+without importing export/ or torch. ``Bundle.open`` refuses a bundle, with a
+``BundleError`` that names the file and says what to do, when:
+
+* ``manifest.json`` is missing, not JSON, not an mner bundle, or of another format version;
+* a listed file is missing, has another size or sha256, or a file on disk is not listed
+  (every such file is named, not just the first);
+* the manifest is inconsistent with itself (tag list vs CRF arrays vs the tagger's
+  emissions, a stage without its graph) or with this runtime (the image preprocessing
+  it was exported with is not the one implemented here);
+
+and ``Bundle.engine_for`` refuses TensorRT engines built for another GPU or another
+TensorRT version, listing what the bundle has and what this machine is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping
+
+import numpy as np
+
+from mner.runtime.decode import CRFParameters
+from mner.runtime.image import preprocessing_constants
+from mner.runtime.tags import TagScheme
+from mner.runtime.text import TextEncoder
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "mner-bundle"
+MANIFEST_FORMAT_VERSION = 1  # the version mner.export.bundle writes; any other is refused
+STAGE_NAMES = ("detector", "vision", "tagger")  # pipeline order
+PRECISIONS = ("fp32", "fp16")
+
+# Image preprocessing entries that must equal this runtime's for the graphs to see the
+# inputs they were exported for ("detector_size" and "max_pixels" are per bundle).
+_PREPROCESSING_KEYS = ("version", "channel_order", "layout", "vision_size", "mean", "std")
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used as it is; the message names the file and the remedy."""
+
+
+# --------------------------------------------------------------------------- stage specs
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One graph input or output as the manifest declares it."""
+
+    name: str
+    dtype: str  # numpy dtype name: "float32", "int64"
+    shape: tuple[int | str, ...]  # ints, or the names of dynamic axes ("batch", "sequence")
+
+    def describe(self) -> str:
+        return f"{self.name} {self.dtype} ({', '.join(str(d) for d in self.shape)})"
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """A stage's interface: what a runner checks its inputs against."""
+
+    name: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    axes: Mapping[str, tuple[int, int]]  # dynamic axis -> (min, max) sizes the graph (or engine) takes
+    graphs: Mapping[str, Path] = field(default_factory=dict)  # precision -> ONNX file
+    weights: Mapping[str, Any] = field(default_factory=dict)  # the manifest's weight identity
+    facts: Mapping[str, Any] = field(default_factory=dict)  # "size", "top_k", "arch", "max_sequence", ...
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+    def with_axes(self, axes: Mapping[str, tuple[int, int]]) -> StageInfo:
+        """The same stage with narrower axis bounds (a TensorRT profile's)."""
+        unknown = sorted(set(axes) - set(self.axes))
+        if unknown:
+            raise ValueError(f"stage {self.name} has dynamic axes {sorted(self.axes)}, not {unknown}")
+        return StageInfo(self.name, self.inputs, self.outputs, {**self.axes, **axes}, self.graphs, self.weights, self.facts)
+
+
+# --------------------------------------------------------------------------- engines
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """TensorRT engines of one GPU model and TensorRT version (``engines/<gpu>-trt<version>/``)."""
+
+    dir: str
+    gpu: str
+    compute_capability: str
+    tensorrt: str
+    plans: Mapping[str, Path]  # stage -> .plan file
+    profiles: Mapping[str, list[dict[str, dict[str, list[int]]]]]  # stage -> [{input: {"min", "opt", "max"}}]
+
+    def describe(self) -> str:
+        return f"{self.dir} ({self.gpu}, compute capability {self.compute_capability}, TensorRT {self.tensorrt})"
+
+
+# --------------------------------------------------------------------------- the bundle
+
+
+@dataclass
+class Bundle:
+    """An opened, checked bundle. ``Bundle.open(path)`` is the way in."""
+
+    path: Path
+    manifest: dict[str, Any]
+    scheme: TagScheme
+    stages: dict[str, StageInfo]
+    engines: dict[str, EngineInfo]
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, verify: bool = True) -> Bundle:
+        """Read and check a bundle; ``verify=False`` skips hashing the files (not their presence)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise BundleError(f"{path} is not a bundle directory (it {'is a file' if path.exists() else 'does not exist'}); "
+                              "pass the directory mner-export wrote")  # fmt: skip
+        manifest = read_manifest(path)
+        check_files(path, manifest, hashes=verify)
+        where = path / MANIFEST_NAME
+        try:
+            scheme = TagScheme.from_json(_require(manifest, "tags", dict, where))
+        except ValueError as error:
+            raise BundleError(f"{where}: 'tags' is not a tag scheme this runtime reads: {error}") from None
+        stages = {name: _stage(path, name, entry, where) for name, entry in _require(manifest, "stages", dict, where).items()}
+        bundle = cls(path, manifest, scheme, stages, {})
+        bundle._check_consistency()
+        bundle.engines = {name: _engine(path, name, entry, where) for name, entry in (manifest.get("engines") or {}).items()}
+        return bundle
+
+    # -- parts -------------------------------------------------------------------------
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The model's ModelConfig as a dict."""
+        return self.manifest["model"]["config"]
+
+    def crf(self) -> CRFParameters:
+        crf = CRFParameters.from_npz(self.path / self.manifest["crf"]["file"])
+        expected = (self.scheme.num_tags,)
+        shapes = {"start": crf.start.shape, "end": crf.end.shape, "transitions": crf.transitions.shape}
+        wanted = {"start": expected, "end": expected, "transitions": expected * 2}
+        if shapes != wanted:
+            raise BundleError(f"{self.path / self.manifest['crf']['file']}: arrays {shapes}, expected {wanted} for "
+                              f"{self.scheme.num_tags} tags; re-export the bundle")  # fmt: skip
+        return crf
+
+    def text_encoder(self) -> TextEncoder:
+        directory = self.path / self.manifest["tokenizer"]["dir"]
+        try:
+            return TextEncoder.load(directory)
+        except ValueError as error:
+            raise BundleError(f"{directory}: {error}; re-export the bundle") from None
+
+    @property
+    def image_settings(self) -> dict[str, Any]:
+        """preprocessing.image: what mner.runtime.image.preprocessing_constants() gave at export."""
+        return self.manifest["preprocessing"]["image"]
+
+    @property
+    def object_settings(self) -> dict[str, Any]:
+        """The arguments of mner.runtime.coco.select_objects (score/iou thresholds, max_objects)."""
+        objects = self.manifest["preprocessing"]["objects"]
+        return {key: objects[key] for key in ("score_threshold", "iou_threshold", "max_objects")}
+
+    @property
+    def has_images(self) -> bool:
+        """Whether the bundle holds the two image stages (a tagger-only bundle tags text only)."""
+        return "detector" in self.stages and "vision" in self.stages
+
+    def graph(self, stage: str, precision: str = "fp32") -> Path:
+        info = self._stage_named(stage)
+        if precision not in info.graphs:
+            raise BundleError(f"{self.path}: stage {stage} has {sorted(info.graphs)} graphs, not {precision!r}; "
+                              f"{'export with --fp16 for FP16 graphs' if precision == 'fp16' else 're-export the bundle'}")  # fmt: skip
+        return info.graphs[precision]
+
+    def _stage_named(self, stage: str) -> StageInfo:
+        if stage not in self.stages:
+            raise BundleError(f"{self.path} has the stages {sorted(self.stages)}, not {stage!r}")
+        return self.stages[stage]
+
+    # -- TensorRT ----------------------------------------------------------------------
+
+    def engine_for(self, gpu: str, compute_capability: str, tensorrt: str) -> EngineInfo:
+        """The engines built for this GPU model and TensorRT version, or a BundleError saying what differs.
+
+        An engine runs only on the GPU model and the exact TensorRT version it was built
+        with (TensorRT's default compatibility), so all three must match.
+        """
+        if not self.engines:
+            raise BundleError(f"{self.path} holds no TensorRT engines: export it with `mner-export --trt` on the "
+                              "serving machine, or use the onnxruntime backend (--backend ort)")  # fmt: skip
+        for engine in self.engines.values():
+            if (engine.gpu, engine.compute_capability, engine.tensorrt) == (gpu, compute_capability, tensorrt):
+                return engine
+        lines = []
+        for engine in self.engines.values():
+            differs = []
+            if engine.gpu != gpu or engine.compute_capability != compute_capability:
+                differs.append(f"built for {engine.gpu} (compute capability {engine.compute_capability})")
+            if engine.tensorrt != tensorrt:
+                differs.append(f"built with TensorRT {engine.tensorrt}")
+            lines.append(f"{engine.dir}: {' and '.join(differs)}")
+        raise BundleError(
+            f"{self.path} has no TensorRT engine for this machine ({gpu}, compute capability {compute_capability}, "
+            f"TensorRT {tensorrt}):\n  " + "\n  ".join(lines) + "\nBuild engines here with `mner-export --trt` "
+            "(or install the TensorRT version the engines were built with), or use --backend ort."
+        )
+
+    # -- consistency -------------------------------------------------------------------
+
+    def _check_consistency(self) -> None:
+        where = self.path / MANIFEST_NAME
+        problems = []
+        if "tagger" not in self.stages:
+            problems.append(f"it has the stages {sorted(self.stages)} but no tagger")
+        if ("detector" in self.stages) != ("vision" in self.stages):
+            problems.append(f"it has the stages {sorted(self.stages)}: detector and vision come together or not at all")
+        crf = _require(self.manifest, "crf", dict, where)
+        arrays = crf.get("arrays", {})
+        t = self.scheme.num_tags
+        if [arrays.get("start"), arrays.get("end"), arrays.get("transitions")] != [[t], [t], [t, t]]:
+            problems.append(f"crf.arrays {arrays} do not fit the {t} tags of 'tags'")
+        tagger = self.stages.get("tagger")
+        if tagger is not None:
+            emissions = {o.name: o for o in tagger.outputs}.get("emissions")
+            if emissions is None or emissions.shape[-1:] != (t,):
+                problems.append(f"the tagger's emissions {emissions.describe() if emissions else 'are missing'}, "
+                                f"expected (batch, sequence, {t})")  # fmt: skip
+            if "sequence" not in tagger.axes:
+                problems.append("the tagger has no dynamic 'sequence' axis")
+        tokenizer = _require(self.manifest, "tokenizer", dict, where)
+        max_length = tokenizer.get("max_length")
+        if not isinstance(max_length, int) or max_length < 3:
+            problems.append(f"tokenizer.max_length {max_length!r} is not an int >= 3")
+        elif tagger is not None and "sequence" in tagger.axes and max_length > tagger.axes["sequence"][1]:
+            problems.append(f"tokenizer.max_length {max_length} exceeds the tagger's sequence axis {tagger.axes['sequence']}")
+        preprocessing = _require(self.manifest, "preprocessing", dict, where)
+        image = preprocessing.get("image")
+        if not isinstance(image, dict):
+            problems.append("preprocessing.image is missing")
+        elif self.has_images:
+            ours = preprocessing_constants()
+            different = {k: (image.get(k), ours[k]) for k in _PREPROCESSING_KEYS if image.get(k) != ours[k]}
+            if different:
+                listed = ", ".join(f"{k}: bundle {a!r}, runtime {b!r}" for k, (a, b) in different.items())
+                raise BundleError(f"{where}: the bundle was exported with other image preprocessing than this runtime "
+                                  f"implements ({listed}); use the mner version that exported it, or re-export")  # fmt: skip
+            if "detector" in self.stages and image.get("detector_size") != self.stages["detector"].facts.get("size"):
+                problems.append(f"preprocessing.image.detector_size {image.get('detector_size')} differs from the "
+                                f"detector's size {self.stages['detector'].facts.get('size')}")  # fmt: skip
+        if self.has_images:
+            objects = preprocessing.get("objects")
+            needed = ("score_threshold", "iou_threshold", "max_objects")
+            if not isinstance(objects, dict) or any(k not in objects for k in needed):
+                problems.append(f"preprocessing.objects must give {needed}, got {objects!r}")
+        if problems:
+            raise BundleError(f"{where} is inconsistent; re-export the bundle:\n  " + "\n  ".join(problems))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
+    """manifest.json with its format and version checked (files are not looked at)."""
+    path = Path(bundle) / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(f"{Path(bundle)} is not an mner bundle: {MANIFEST_NAME} is missing "
+                          "(an interrupted export leaves no manifest; export again)")  # fmt: skip
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"{path} is not valid JSON ({error}); re-copy or re-export the bundle") from None
+    found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+    if found != MANIFEST_FORMAT:
+        raise BundleError(f"{path} is not an mner bundle manifest: format {found!r}, expected {MANIFEST_FORMAT!r}")
+    version = manifest.get("format_version")
+    if version != MANIFEST_FORMAT_VERSION:
+        newer = isinstance(version, int) and version > MANIFEST_FORMAT_VERSION
+        remedy = "upgrade mner to read it" if newer else "re-export it with this version of mner-export"
+        raise BundleError(f"{path}: bundle format_version {version!r}, this runtime reads {MANIFEST_FORMAT_VERSION}; {remedy}")
+    return manifest
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_files(bundle: Path, manifest: dict[str, Any], hashes: bool = True) -> None:
+    """Every listed file present with its size (and sha256), and no unlisted file; names each one that fails."""
+    listed = manifest.get("files")
+    if not isinstance(listed, dict) or not listed:
+        raise BundleError(f"{bundle / MANIFEST_NAME} has no 'files' table; re-export the bundle")
+    problems = []
+    for name, entry in sorted(listed.items()):
+        if not _is_inside(name):
+            problems.append(f"{name}: not a relative path inside the bundle")
+            continue
+        path = bundle / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+            continue
+        size = path.stat().st_size
+        if not isinstance(entry, dict) or size != entry.get("bytes"):
+            problems.append(f"{name}: {size} bytes, the manifest says {entry.get('bytes') if isinstance(entry, dict) else entry!r}")
+        elif hashes:
+            digest = sha256_file(path)
+            if digest != entry.get("sha256"):
+                problems.append(f"{name}: sha256 {digest}, the manifest says {entry.get('sha256')}")
+    on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} - {MANIFEST_NAME}
+    problems += [f"{name}: not listed in the manifest" for name in sorted(on_disk - set(listed))]
+    if problems:
+        raise BundleError(
+            f"bundle {bundle} does not match its manifest ({len(problems)} file{'s' * (len(problems) > 1)}):\n  "
+            + "\n  ".join(problems)
+            + "\nThe bundle was changed or copied incompletely: copy it again, or re-export it."
+        )
+
+
+def _is_inside(name: str) -> bool:
+    path = PurePosixPath(name)
+    return bool(name) and not path.is_absolute() and ".." not in path.parts and "\\" not in name
+
+
+def _require(mapping: dict, key: str, kind: type, where: Path) -> Any:
+    value = mapping.get(key)
+    if not isinstance(value, kind):
+        raise BundleError(f"{where}: '{key}' is {'missing' if value is None else type(value).__name__}; re-export the bundle")
+    return value
+
+
+def _tensor(entry: Any, where: str) -> TensorInfo:
+    if not isinstance(entry, dict) or not {"name", "dtype", "shape"} <= set(entry):
+        raise BundleError(f"{where}: a tensor entry needs name, dtype and shape, got {entry!r}")
+    try:
+        np.dtype(entry["dtype"])
+    except TypeError:
+        raise BundleError(f"{where}: {entry['name']} has dtype {entry['dtype']!r}, not a numpy dtype name") from None
+    shape = tuple(entry["shape"])
+    if not all(isinstance(d, str) or (isinstance(d, int) and d >= 0) for d in shape):
+        raise BundleError(f"{where}: {entry['name']} has shape {list(shape)}; entries must be sizes or axis names")
+    return TensorInfo(entry["name"], entry["dtype"], shape)
+
+
+def _stage(bundle: Path, name: str, entry: Any, manifest_path: Path) -> StageInfo:
+    where = f"{manifest_path} stages.{name}"
+    if name not in STAGE_NAMES:
+        raise BundleError(f"{where}: unknown stage (this runtime knows {STAGE_NAMES}); upgrade mner")
+    if not isinstance(entry, dict):
+        raise BundleError(f"{where} is not an object")
+    inputs = tuple(_tensor(t, where) for t in entry.get("inputs", ()))
+    outputs = tuple(_tensor(t, where) for t in entry.get("outputs", ()))
+    if not inputs or not outputs:
+        raise BundleError(f"{where}: inputs and outputs must both be listed")
+    axes = {}
+    for axis, bounds in (entry.get("dynamic_axes") or {}).items():
+        low, high = (bounds.get("min"), bounds.get("max")) if isinstance(bounds, dict) else (None, None)
+        if not (isinstance(low, int) and isinstance(high, int) and 0 <= low <= high):
+            raise BundleError(f"{where}: dynamic axis {axis} has bounds {bounds!r}, expected {{'min': int, 'max': int}}")
+        axes[axis] = (low, high)
+    named = {d for t in (*inputs, *outputs) for d in t.shape if isinstance(d, str)}
+    if named - set(axes):
+        raise BundleError(f"{where}: shapes name the axes {sorted(named - set(axes))} that dynamic_axes does not bound")
+    graphs = {}
+    for precision, graph in (entry.get("graphs") or {}).items():
+        if precision not in PRECISIONS or not isinstance(graph, dict) or not _is_inside(str(graph.get("file", ""))):
+            raise BundleError(f"{where}: graphs.{precision} = {graph!r} is not a graph entry of {PRECISIONS}")
+        graphs[precision] = bundle / graph["file"]
+    if "fp32" not in graphs:
+        raise BundleError(f"{where}: no fp32 graph; re-export the bundle")
+    facts = {k: v for k, v in entry.items() if k not in {"inputs", "outputs", "dynamic_axes", "graphs", "weights"}}
+    return StageInfo(name, inputs, outputs, axes, graphs, dict(entry.get("weights") or {}), facts)
+
+
+def _engine(bundle: Path, name: str, entry: Any, manifest_path: Path) -> EngineInfo:
+    where = f"{manifest_path} engines.{name}"
+    needed = ("dir", "gpu", "compute_capability", "tensorrt", "stages")
+    if not isinstance(entry, dict) or any(k not in entry for k in needed):
+        raise BundleError(f"{where} must give {needed}; re-export the bundle")
+    plans, profiles = {}, {}
+    for stage, item in entry["stages"].items():
+        meta_path = bundle / item["meta"]
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        recorded = (entry["gpu"], entry["compute_capability"], entry["tensorrt"])
+        if (meta.get("gpu"), meta.get("compute_capability"), meta.get("tensorrt")) != recorded:
+            raise BundleError(f"{meta_path} says {meta.get('gpu')} / {meta.get('compute_capability')} / TensorRT "
+                              f"{meta.get('tensorrt')}, the manifest {' / '.join(recorded)}; re-export the bundle")  # fmt: skip
+        plans[stage] = bundle / item["file"]
+        profiles[stage] = item["profiles"]
+    return EngineInfo(entry["dir"], entry["gpu"], entry["compute_capability"], entry["tensorrt"], plans, profiles)
