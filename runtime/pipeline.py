@@ -1,0 +1,436 @@
+"""The torch-free pipeline: posts in, entities out.
+
+    pipeline = Pipeline.from_bundle("bundle/", backend="ort")
+    results = pipeline.tag([Post("Kawhi Leonard in Toronto", image=jpeg_bytes), "Nice day in Paris"])
+    results[0].entities  # [Entity(type="PER", text="Kawhi Leonard", start=0, end=13, score=0.97), ...]
+
+For each batch of posts:
+
+1. the pictures are decoded once and resized twice (``runtime.image``); the detector
+   and the vision stage then run concurrently in two threads, and the host keeps the
+   best objects (``runtime.coco.select_objects``, with the bundle's settings);
+2. meanwhile the texts are split into words (with character offsets) and word-pieces;
+   a post longer than the tagger's window is cut into overlapping windows
+   (``runtime.windows``), never truncated;
+3. the tagger runs on the windows, sorted by length and batched;
+4. Viterbi with the allowed-tag mask (a word's first piece only O/B-x/I-x) gives the
+   tags, forward-backward under the same mask the marginals, and
+   ``runtime.spans`` the entities with offsets into the original text.
+
+A post that cannot be tagged -- empty or whitespace-only text, a text that is not a
+string, a picture that is not a usable image -- gets its own ``error`` and the rest of
+the batch is tagged. With ``on_bad_image="text-only"`` an unusable picture is
+dropped instead (the post is tagged from its text, ``image_error`` says why): "no
+image", never another picture.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from mner.runtime.bundle import Bundle
+from mner.runtime.coco import class_name, select_objects
+from mner.runtime.decode import CRFParameters, decode_words
+from mner.runtime.image import MAX_PIXELS, preprocess_images
+from mner.runtime.runners import BACKENDS, OrtRunner, Runner, TrtRunner, tensorrt_machine, torch_runners
+from mner.runtime.spans import Entity, entities_from_words
+from mner.runtime.tags import Role, TagScheme
+from mner.runtime.text import EncodedText, TextEncoder, Word, split_words
+from mner.runtime.viterbi import crf_marginals
+from mner.runtime.windows import Window, plan_windows
+
+logger = logging.getLogger(__name__)
+
+BAD_IMAGE_POLICIES = ("error", "text-only")
+DEFAULT_BATCH_SIZE = 16
+# Emission of a tag the allowed-tag mask forbids, for the marginals: finite (the CRF
+# code rejects inf) and low enough that exp() of it is exactly 0 in float64.
+_FORBIDDEN = np.float32(-1e9)
+
+
+@dataclass(frozen=True)
+class Post:
+    """One post: its text and, optionally, the encoded bytes of its picture (JPEG, PNG, GIF, BMP, WEBP)."""
+
+    text: str
+    image: bytes | None = None
+
+
+@dataclass
+class TagResult:
+    """What ``Pipeline.tag`` returns for one post: entities, or the error that kept it from being tagged."""
+
+    entities: list[Entity] = field(default_factory=list)
+    error: str | None = None  # set: the post was not tagged, and nothing else is
+    image_error: str | None = None  # on_bad_image="text-only": why the picture was not used
+    words: list[Word] = field(default_factory=list)  # split_words(text)
+    tags: list[str] = field(default_factory=list)  # one BIO tag per word
+    scores: list[float] = field(default_factory=list)  # marginal probability of each word's tag
+    objects: list[str] = field(default_factory=list)  # COCO classes the detector found, best first
+    windows: int = 0  # tagger windows the text needed (1 unless it was longer than max_length)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: {"error"} or {"entities", "objects"[, "image_error"]}."""
+        if self.error is not None:
+            return {"error": self.error}
+        out: dict[str, Any] = {"entities": [e.to_dict() for e in self.entities], "objects": list(self.objects)}
+        if self.image_error is not None:
+            out["image_error"] = self.image_error
+        return out
+
+
+@dataclass
+class _Item:
+    """A post on its way through a batch."""
+
+    text: str
+    words: list[Word]
+    image: bytes | None
+    result: TagResult
+    image_row: int | None = None  # row in the batch's image arrays
+    windows: list[Window] = field(default_factory=list)
+    encoded: list[EncodedText] = field(default_factory=list)  # one per window
+
+
+class Pipeline:
+    """Detector + vision (concurrently) -> tagger -> constrained Viterbi -> entities.
+
+    Build it with ``Pipeline.from_bundle``; the constructor takes the parts directly
+    (any ``Runner``), which is what tests and custom deployments use. Call ``close()``
+    (or use ``with``) to free the runners.
+    """
+
+    def __init__(
+        self,
+        *,
+        encoder: TextEncoder,
+        scheme: TagScheme,
+        crf: CRFParameters,
+        tagger: Runner,
+        detector: Runner | None = None,
+        vision: Runner | None = None,
+        object_settings: Mapping[str, Any] | None = None,
+        detector_size: int | None = None,
+        max_pixels: int = MAX_PIXELS,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        on_bad_image: str = "error",
+        max_length: int | None = None,
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
+        if (detector is None) != (vision is None):
+            raise ValueError("detector and vision runners come together (a picture needs both), or neither")
+        if detector is not None and (object_settings is None or detector_size is None):
+            raise ValueError("with image runners, object_settings and detector_size are needed too")
+        sequence_max = tagger.axis_bounds("sequence")[1]
+        model_length = min(encoder.max_length, sequence_max)
+        if max_length is None:
+            max_length = model_length
+        if not isinstance(max_length, int) or not 3 <= max_length <= model_length:
+            raise ValueError(f"max_length must be an int in [3, {model_length}] (the model's window), got {max_length!r}")
+        if max_length != encoder.max_length:
+            encoder = TextEncoder(encoder.tokenizer, encoder.aug_vocab, max_length=max_length)
+        self.encoder = encoder
+        self.scheme = scheme
+        self.crf = crf
+        self.tagger = tagger
+        self.detector = detector
+        self.vision = vision
+        self.object_settings = dict(object_settings or {})
+        self.detector_size = detector_size
+        self.max_pixels = max_pixels
+        self.batch_size = batch_size
+        self.on_bad_image = on_bad_image
+        inputs = {t.name: t for t in tagger.stage.inputs}
+        self._grid_shape = tuple(inputs["grid"].shape[1:])  # (49, 2048)
+        self._num_objects = int(inputs["object_ids"].shape[1])
+        self._pool: ThreadPoolExecutor | None = None
+        try:
+            for runner in self.runners:
+                runner.activate()
+        except BaseException:
+            self.close()  # the runners already activated free what they hold
+            raise
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | os.PathLike,
+        backend: str = "ort",
+        *,
+        device: str | None = None,
+        precision: str = "fp32",
+        checkpoint: str | os.PathLike | None = None,
+        resnet_weights: str | os.PathLike | None = None,
+        detector_weights: str | os.PathLike | None = None,
+        threads: int | None = None,
+        verify: bool = True,
+        **options: Any,
+    ) -> Pipeline:
+        """Open and check a bundle and make its runners.
+
+        backend: "ort" (ONNX Runtime; ``device`` "cpu" or "cuda", ``precision`` "fp32" or
+        "fp16"), "trt" (the bundle's TensorRT engines for this GPU and TensorRT version)
+        or "torch" (the PyTorch reference, rebuilt from ``checkpoint`` and the vision /
+        detector weights the bundle was exported from). ``options`` go to the constructor
+        (batch_size, on_bad_image, max_length).
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+        if backend == "trt" and device not in (None, "cuda"):
+            raise ValueError(f"the trt backend runs on a CUDA GPU, got device={device!r}")
+        if backend != "ort" and precision != "fp32":
+            what = "engines are built from the FP16 graphs" if backend == "trt" else "the reference runs in FP32"
+            raise ValueError(f"precision applies to the ort backend only ({backend}: {what}), got {precision!r}")
+        bundle = Bundle.open(path, verify=verify)
+        names = [name for name in ("detector", "vision", "tagger") if name in bundle.stages]
+        if backend == "ort":
+            runners: dict[str, Runner] = {
+                name: OrtRunner(bundle.stages[name], bundle.graph(name, precision), device=device or "cpu", threads=threads)
+                for name in names
+            }
+        elif backend == "trt":
+            engine = bundle.engine_for(*tensorrt_machine())
+            missing = [name for name in names if name not in engine.plans]
+            if missing:
+                raise ValueError(f"{bundle.path}: the engines in {engine.dir} lack the stages {missing}; re-export with --trt")
+            runners = {name: TrtRunner(bundle.stages[name], engine.plans[name], engine.profiles[name]) for name in names}
+        else:
+            runners = dict(torch_runners(bundle, checkpoint=checkpoint, resnet_weights=resnet_weights,
+                                         detector_weights=detector_weights, device=device or "cpu"))  # fmt: skip
+        image = bundle.image_settings
+        return cls(
+            encoder=bundle.text_encoder(),
+            scheme=bundle.scheme,
+            crf=bundle.crf(),
+            tagger=runners["tagger"],
+            detector=runners.get("detector"),
+            vision=runners.get("vision"),
+            object_settings=bundle.object_settings if bundle.has_images else None,
+            detector_size=image.get("detector_size") if bundle.has_images else None,
+            max_pixels=int(image.get("max_pixels", MAX_PIXELS)),
+            **options,
+        )
+
+    @property
+    def runners(self) -> list[Runner]:
+        return [r for r in (self.detector, self.vision, self.tagger) if r is not None]
+
+    @property
+    def has_images(self) -> bool:
+        return self.detector is not None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        for runner in self.runners:
+            runner.deactivate()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------- API
+
+    def tag(self, posts: Sequence[Post | str | Mapping[str, Any]]) -> list[TagResult]:
+        """One result per post, in order. A post is a ``Post``, a text, or a mapping with
+        "text" and optionally "image" (bytes). Problems with one post are that post's error."""
+        if isinstance(posts, (str, bytes, Post, Mapping)):
+            raise ValueError(f"tag() takes a sequence of posts, got a single {type(posts).__name__}: wrap it in a list")
+        items = [self._item(post) for post in posts]
+        return self._tag_items(items)
+
+    def tag_words(self, posts: Sequence[Sequence[str]], images: Sequence[bytes | None] | None = None) -> list[TagResult]:
+        """Like ``tag`` for pre-split text (a CoNLL file's words); offsets index ``" ".join(words)``."""
+        images = [None] * len(posts) if images is None else list(images)
+        if len(images) != len(posts):
+            raise ValueError(f"got {len(posts)} posts but {len(images)} images")
+        items = []
+        for words, image in zip(posts, images):
+            words = list(words)
+            text = " ".join(words)
+            if [w.text for w in split_words(text)] != words:
+                items.append(_Item(text, [], None, TagResult(error=f"words must be non-empty and contain no whitespace, got {words!r}")))
+            else:
+                items.append(self._item(Post(text, image)))
+        return self._tag_items(items)
+
+    # ----------------------------------------------------------------------------- steps
+
+    def _item(self, post: Any) -> _Item:
+        if isinstance(post, str):
+            post = Post(post)
+        elif isinstance(post, Mapping):
+            unknown = sorted(set(post) - {"text", "image"})
+            if "text" not in post or unknown:
+                what = "has no 'text'" if "text" not in post else f"has unknown keys {unknown}"
+                return _Item("", [], None, TagResult(error=f"a post mapping needs 'text' and may have 'image'; this one {what}"))
+            post = Post(post["text"], post.get("image"))
+        elif not isinstance(post, Post):
+            return _Item("", [], None, TagResult(error=f"a post is a Post, a str or a mapping, got {type(post).__name__}"))
+        if not isinstance(post.text, str):
+            return _Item("", [], None, TagResult(error=f"text must be a string, got {type(post.text).__name__}"))
+        if post.image is not None and not isinstance(post.image, (bytes, bytearray, memoryview)):
+            return _Item("", [], None, TagResult(error=f"image must be bytes or None, got {type(post.image).__name__}"))
+        words = split_words(post.text)
+        if not words:
+            what = "empty" if not post.text else "whitespace only"
+            return _Item(post.text, [], None, TagResult(error=f"text is {what}: nothing to tag"))
+        return _Item(post.text, words, bytes(post.image) if post.image is not None else None, TagResult(words=words))
+
+    def _tag_items(self, items: list[_Item]) -> list[TagResult]:
+        for start in range(0, len(items), self.batch_size):
+            self._tag_batch([item for item in items[start : start + self.batch_size] if item.result.ok])
+        return [item.result for item in items]
+
+    def _tag_batch(self, items: list[_Item]) -> None:
+        if not items:
+            return
+        features = self._start_images(items)
+        items = [item for item in items if item.result.ok]  # a bad picture may have ended a post
+        self._encode(items)
+        grid, object_ids = features() if features is not None else (None, None)
+        self._run_tagger(items, grid, object_ids)
+
+    def _image_problem(self, item: _Item, message: str) -> None:
+        if self.on_bad_image == "error":
+            item.result = TagResult(error=f"image: {message}")
+        else:
+            item.result.image_error = message
+        item.image = None
+
+    def _start_images(self, items: list[_Item]):
+        """Decode the pictures and start detector and vision in two threads; returns a function
+        that waits for them, giving (grid (n, 49, 2048), object ids (n, K)) by image row."""
+        with_image = [item for item in items if item.image is not None]
+        if with_image and not self.has_images:
+            for item in with_image:
+                self._image_problem(item, "this bundle has no detector and vision stages (it was exported for text "
+                                          "only), so it cannot use pictures")  # fmt: skip
+            with_image = []
+        if not with_image:
+            return None
+        batch = preprocess_images([item.image for item in with_image], detector_size=self.detector_size,
+                                  max_pixels=self.max_pixels)  # fmt: skip
+        rows = []
+        for row, item in enumerate(with_image):
+            if batch.errors[row] is not None:
+                self._image_problem(item, batch.errors[row])
+            else:
+                item.image_row = len(rows)
+                rows.append(row)
+        if not rows:
+            return None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mner-image")
+        vision = self._pool.submit(self._chunked, self.vision, "images", batch.vision[rows])
+        detector = self._pool.submit(self._chunked, self.detector, "images", batch.detector[rows])
+
+        def wait() -> tuple[np.ndarray, np.ndarray]:
+            grid = vision.result()["grid"]
+            candidates = detector.result()
+            object_ids = select_objects(candidates["scores"], candidates["labels"], candidates["boxes"], **self.object_settings)
+            return grid, object_ids
+
+        return wait
+
+    def _chunked(self, runner: Runner, name: str, array: np.ndarray) -> dict[str, np.ndarray]:
+        """Run a one-input stage over a batch larger than the runner takes."""
+        step = min(self.batch_size, runner.axis_bounds("batch")[1])
+        parts = [runner.infer({name: array[i : i + step]}) for i in range(0, len(array), step)]
+        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+    def _encode(self, items: list[_Item]) -> None:
+        """Word-pieces of each post: one window, or overlapping windows where the post is too long."""
+        whole = self.encoder.encode_many([[w.text for w in item.words] for item in items])
+        for item, encoded in zip(items, whole):
+            if not encoded.truncated:
+                item.windows = [Window(0, len(item.words), 0, len(item.words))]
+                item.encoded = [encoded]
+                continue
+            texts = [w.text for w in item.words]
+            pieces = self.encoder.tokenizer.encode(texts, is_pretokenized=True, add_special_tokens=False)
+            counts = np.bincount([i for i in pieces.word_ids if i is not None], minlength=len(texts))
+            item.windows = plan_windows(counts.tolist(), self.encoder.max_length - 2)
+            item.encoded = self.encoder.encode_many([texts[w.start : w.end] for w in item.windows])
+            assert all(e.n_words == w.end - w.start for e, w in zip(item.encoded, item.windows))
+
+    def _run_tagger(self, items: list[_Item], grid: np.ndarray | None, object_ids: np.ndarray | None) -> None:
+        rows = [(i, j) for i, item in enumerate(items) for j in range(len(item.encoded))]  # (item, window)
+        rows.sort(key=lambda row: len(items[row[0]].encoded[row[1]]))  # similar lengths share a batch
+        step = min(self.batch_size, self.tagger.axis_bounds("batch")[1])
+        min_sequence = self.tagger.axis_bounds("sequence")[0]
+        window_tags: dict[tuple[int, int], tuple[list[str], np.ndarray]] = {}
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            batch = self.encoder.batch([items[i].encoded[j] for i, j in chunk])
+            arrays = {key: _pad_sequence(batch[key], min_sequence, pad) for key, pad in
+                      (("input_ids", self.encoder.pad_id), ("attention_mask", 0), ("aug_ids", 0), ("roles", 0))}  # fmt: skip
+            image_mask = np.zeros(len(chunk), dtype=np.int64)
+            chunk_grid = np.zeros((len(chunk), *self._grid_shape), dtype=np.float32)
+            chunk_objects = np.zeros((len(chunk), self._num_objects), dtype=np.int64)
+            for r, (i, _) in enumerate(chunk):
+                image_row = items[i].image_row
+                if image_row is not None:
+                    image_mask[r] = 1
+                    chunk_grid[r] = grid[image_row]
+                    chunk_objects[r] = object_ids[image_row]
+            emissions = self.tagger.infer({
+                "input_ids": arrays["input_ids"], "attention_mask": arrays["attention_mask"], "aug_ids": arrays["aug_ids"],
+                "grid": chunk_grid, "image_mask": image_mask, "object_ids": chunk_objects,
+            })["emissions"]  # fmt: skip  # (B, L, T)
+            tags, scores = self._decode(emissions, batch["lengths"], arrays["roles"])
+            for r, row in enumerate(chunk):
+                window_tags[row] = (tags[r], scores[r])
+
+        for i, item in enumerate(items):
+            word_tags: list[str] = []
+            word_scores: list[float] = []
+            for j, window in enumerate(item.windows):
+                tags, scores = window_tags[(i, j)]
+                keep = slice(window.keep_start - window.start, window.keep_end - window.start)
+                word_tags += tags[keep]
+                word_scores += [float(s) for s in scores[keep]]
+            assert len(word_tags) == len(item.words)
+            result = item.result
+            result.tags, result.scores, result.windows = word_tags, word_scores, len(item.windows)
+            result.entities = entities_from_words(item.text, item.words, word_tags, word_scores)
+            if item.image_row is not None:
+                result.objects = [class_name(int(c)) for c in object_ids[item.image_row] if c != 0]
+
+    def _decode(self, emissions: np.ndarray, lengths: np.ndarray, roles: np.ndarray) -> tuple[list[list[str]], list[np.ndarray]]:
+        """Word tags (constrained Viterbi) and each tag's marginal probability under the same constraints."""
+        decoded = decode_words(emissions, lengths, roles, self.scheme, self.crf)
+        allowed = self.scheme.allowed_mask(roles)  # (B, L, T)
+        masked = np.where(allowed, emissions, _FORBIDDEN)
+        marginals = crf_marginals(masked, lengths, self.crf.start, self.crf.end, self.crf.transitions)  # (B, L, T)
+        index = self.scheme.index
+        scores = []
+        for b, tags in enumerate(decoded.word_tags):
+            positions = np.flatnonzero(roles[b] == Role.WORD)
+            scores.append(marginals[b, positions, [index[t] for t in tags]])
+        return decoded.word_tags, scores
+
+
+def _pad_sequence(array: np.ndarray, length: int, value: int) -> np.ndarray:
+    """Pad (B, L) to at least ``length`` columns (a TensorRT profile's minimum); padding is masked out."""
+    if array.shape[1] >= length:
+        return array
+    return np.pad(array, ((0, 0), (0, length - array.shape[1])), constant_values=value)
