@@ -1,15 +1,82 @@
 """Console entry points of the runtime: mner-tag and mner-serve."""
 
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
 import click
 
+from mner.runtime.conll import format_report
+from mner.runtime.pipeline import BAD_IMAGE_POLICIES, DEFAULT_BATCH_SIZE, Pipeline
+from mner.runtime.runners import BACKENDS
+from mner.runtime.tagfile import tag_conll, tag_jsonl
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def tag_command() -> None:
-    """Tag posts with an exported bundle (not implemented yet)."""
-    raise click.ClickException("mner-tag is not implemented yet: it arrives with issue #5 (the runtime pipeline).")
+_EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+_EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@click.command()
+@click.option("--engine", "bundle", required=True, type=_EXISTING_DIR, help="Bundle directory written by mner-export.")
+@click.option("--input", "input_path", type=_EXISTING_FILE,
+              help='JSONL posts: {"id", "text", "image"} per line; image is a path under --images, base64, or absent.')
+@click.option("--conll", "conll_path", type=_EXISTING_FILE,
+              help="A CoNLL + IMGID file instead of --input: tags it and reports P/R/F1 against its tags.")
+@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="JSONL, one record per input line. An existing file is resumed: lines it has are skipped.")
+@click.option("--images", type=_EXISTING_DIR,
+              help="Directory image paths are relative to (--conll: holds <IMGID>.jpg). Default: the input's "
+                   "directory; with --conll and no --images, posts are tagged without pictures.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="ort", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="ort: cpu (default) or cuda (onnxruntime-gpu).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="ort only: which graphs of the bundle to run.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
+@click.option("--on-bad-image", type=click.Choice(BAD_IMAGE_POLICIES),
+              help="A picture that cannot be used: an error record, or tag the text alone. "
+                   "Default: error for --input, text-only for --conll.")
+@click.option("--checkpoint", type=_EXISTING_FILE, help="--backend torch: the best.pt the bundle was exported from.")
+@click.option("--resnet-weights", type=_EXISTING_FILE, help="--backend torch: the vision weights file, if the bundle used one.")
+@click.option("--detector-weights", type=_EXISTING_FILE, help="--backend torch: the detector weights file, if the bundle used one.")
+@click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="--conll: also write the scores as JSON here.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def tag_command(bundle, input_path, conll_path, output, images, backend, device, precision, batch_size, on_bad_image,
+                checkpoint, resnet_weights, detector_weights, metrics_path, progress) -> None:  # fmt: skip
+    """Tag posts with an exported bundle: entities with character offsets, one JSONL record per input line."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if (input_path is None) == (conll_path is None):
+        raise click.UsageError("give exactly one of --input (JSONL) and --conll (CoNLL + IMGID)")
+    if metrics_path is not None and conll_path is None:
+        raise click.UsageError("--metrics goes with --conll")
+    if on_bad_image is None:
+        on_bad_image = "error" if input_path is not None else "text-only"
+    try:
+        pipeline = Pipeline.from_bundle(
+            bundle, backend=backend, device=device, precision=precision, checkpoint=checkpoint,
+            resnet_weights=resnet_weights, detector_weights=detector_weights, batch_size=batch_size,
+            on_bad_image=on_bad_image,
+        )  # fmt: skip
+        with pipeline:
+            if input_path is not None:
+                summary = tag_jsonl(pipeline, input=input_path, output=output, images=images, progress=progress)
+            else:
+                summary = tag_conll(pipeline, conll=conll_path, output=output, images=images, progress=progress)
+    except (ValueError, RuntimeError) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(summary.format(output), err=True)
+    if summary.metrics is not None:
+        click.echo(format_report(summary.metrics))
+        if metrics_path is not None:
+            metrics_path.write_text(json.dumps(summary.metrics, indent=2) + "\n", encoding="utf-8")
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 def serve_command() -> None:
     """Serve an exported bundle over HTTP (not implemented yet)."""
     raise click.ClickException("mner-serve is not implemented yet: it arrives with issue #6 (the HTTP service).")
+
+
+if __name__ == "__main__":
+    tag_command()
