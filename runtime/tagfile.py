@@ -66,10 +66,11 @@ class TagSummary:
     errors: Counter = field(default_factory=Counter)  # kind -> count
     seconds: float = 0.0
     metrics: dict | None = None  # --conll: evaluate_entities over every post
+    unit: str = "lines"  # what `lines` counts: input lines, or CoNLL posts
 
     def format(self, output: str | os.PathLike) -> str:
         rate = self.tagged / self.seconds if self.seconds > 0 else 0.0
-        text = (f"{self.lines} lines -> {output}: {self.tagged} tagged ({self.entities} entities), "
+        text = (f"{self.lines} {self.unit} -> {output}: {self.tagged} tagged ({self.entities} entities), "
                 f"{sum(self.errors.values())} errors, {self.skipped} already done; {self.seconds:.1f} s, {rate:.1f} posts/s")  # fmt: skip
         if self.errors:
             text += "\nerrors: " + ", ".join(f"{kind} {count}" for kind, count in self.errors.most_common())
@@ -151,7 +152,7 @@ def tag_conll(
             entry.post = Post(" ".join(post.words), image)
             yield entry
 
-    summary = _run(pipeline, entries(), output, len(posts), progress)
+    summary = _run(pipeline, entries(), output, len(posts), progress, unit="posts")
     predicted: dict[Any, list[str]] = {}
     for record in _records(output):
         if "tags" in record:
@@ -164,11 +165,11 @@ def tag_conll(
 # --------------------------------------------------------------------------- the loop
 
 
-def _run(pipeline: Pipeline, entries, output: Path, total: int, progress: bool) -> TagSummary:
-    summary = TagSummary(lines=total)
+def _run(pipeline: Pipeline, entries, output: Path, total: int, progress: bool, unit: str = "lines") -> TagSummary:
+    summary = TagSummary(lines=total, unit=unit)
     started = time.perf_counter()
     output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "ab") as sink, tqdm(total=total, unit="line", desc="mner-tag", disable=not progress) as bar:
+    with open(output, "ab") as sink, tqdm(total=total, unit=unit[:-1], desc="mner-tag", disable=not progress) as bar:
         pending: list[_Entry] = []
         for entry in entries:
             if isinstance(entry, int):  # lines skipped because the output has them
