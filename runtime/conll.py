@@ -11,7 +11,7 @@ not import train/ (it imports torch).
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mner.runtime.tags import entities_from_bio, parse_bio
@@ -24,7 +24,8 @@ class ConllPost:
     image_id: str | None
     words: list[str]
     tags: list[str]
-    line: int  # line number of the post's first line (its IMGID line, or its first token)
+    # line number of the post's first line (its IMGID line, or its first token); not part of equality
+    line: int = field(default=0, compare=False)
 
 
 def read_conll(path: str | Path) -> list[ConllPost]:

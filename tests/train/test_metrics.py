@@ -31,9 +31,9 @@ def test_no_entities_anywhere_scores_zero():
 
 
 def test_length_mismatches_raise():
-    with pytest.raises(ValueError, match="gold has 2 sentences but pred has 1"):
+    with pytest.raises(ValueError, match="gold has 2 posts but pred has 1"):
         evaluate_entities([["O"], ["O"]], [["O"]])
-    with pytest.raises(ValueError, match="sentence 1: gold has 2 tags but pred has 1"):
+    with pytest.raises(ValueError, match="post 1: gold has 2 tags but pred has 1"):
         evaluate_entities([["O"], ["O", "O"]], [["O"], ["O"]])
 
 
