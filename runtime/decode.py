@@ -13,6 +13,9 @@ from mner.runtime.tags import Role, TagScheme
 from mner.runtime.viterbi import crf_marginals, viterbi_decode
 
 
+FORBIDDEN_SCORE = -1.0e9  # emission of a tag the allowed-tag mask rules out, for marginals
+
+
 @dataclass(frozen=True)
 class CRFParameters:
     """The CRF of a trained model, as the host decoder takes it (float32)."""
@@ -36,7 +39,7 @@ class CRFParameters:
 @dataclass
 class DecodedBatch:
     word_tags: list[list[str]]  # per sequence, one tag per word
-    word_scores: list[np.ndarray] | None  # per sequence, marginal probability of each word's tag
+    word_scores: list[np.ndarray] | None  # per sequence, each word's tag's marginal under the same constraints
 
 
 def decode_words(
@@ -59,7 +62,12 @@ def decode_words(
         raise ValueError(f"roles must be {emissions.shape[:2]} like the emissions' (B, L), got {roles.shape}")
     allowed = scheme.allowed_mask(roles)  # (B, L, T)
     tags, _ = viterbi_decode(emissions, lengths, crf.start, crf.end, crf.transitions, allowed=allowed)
-    marginals = crf_marginals(emissions, lengths, crf.start, crf.end, crf.transitions) if with_scores else None
+    marginals = None
+    if with_scores:
+        # Posteriors under the same constraints as the path: a forbidden tag gets a score
+        # so low (finite, so the validation accepts it) that its probability is exactly 0.
+        masked = np.where(allowed, emissions, FORBIDDEN_SCORE).astype(np.float32)
+        marginals = crf_marginals(masked, lengths, crf.start, crf.end, crf.transitions)  # (B, L, T)
     names = scheme.tags
     word_tags, word_scores = [], [] if with_scores else None
     for b in range(emissions.shape[0]):

@@ -40,18 +40,14 @@ from mner.runtime.decode import CRFParameters, decode_words
 from mner.runtime.image import MAX_PIXELS, preprocess_images
 from mner.runtime.runners import BACKENDS, OrtRunner, Runner, TrtRunner, tensorrt_machine, torch_runners
 from mner.runtime.spans import Entity, entities_from_words
-from mner.runtime.tags import Role, TagScheme
+from mner.runtime.tags import TagScheme
 from mner.runtime.text import EncodedText, TextEncoder, Word, split_words
-from mner.runtime.viterbi import crf_marginals
 from mner.runtime.windows import Window, plan_windows
 
 logger = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("error", "text-only")
 DEFAULT_BATCH_SIZE = 16
-# Emission of a tag the allowed-tag mask forbids, for the marginals: finite (the CRF
-# code rejects inf) and low enough that exp() of it is exactly 0 in float64.
-_FORBIDDEN = np.float32(-1e9)
 
 
 @dataclass(frozen=True)
@@ -417,16 +413,8 @@ class Pipeline:
 
     def _decode(self, emissions: np.ndarray, lengths: np.ndarray, roles: np.ndarray) -> tuple[list[list[str]], list[np.ndarray]]:
         """Word tags (constrained Viterbi) and each tag's marginal probability under the same constraints."""
-        decoded = decode_words(emissions, lengths, roles, self.scheme, self.crf)
-        allowed = self.scheme.allowed_mask(roles)  # (B, L, T)
-        masked = np.where(allowed, emissions, _FORBIDDEN)
-        marginals = crf_marginals(masked, lengths, self.crf.start, self.crf.end, self.crf.transitions)  # (B, L, T)
-        index = self.scheme.index
-        scores = []
-        for b, tags in enumerate(decoded.word_tags):
-            positions = np.flatnonzero(roles[b] == Role.WORD)
-            scores.append(marginals[b, positions, [index[t] for t in tags]])
-        return decoded.word_tags, scores
+        decoded = decode_words(emissions, lengths, roles, self.scheme, self.crf, with_scores=True)
+        return decoded.word_tags, decoded.word_scores
 
 
 def _pad_sequence(array: np.ndarray, length: int, value: int) -> np.ndarray:
