@@ -1,1 +1,12 @@
-"""mner.export: staged ONNX export, parity checks, FP16 graphs, TensorRT engines and the bundle writer."""
+"""mner.export: staged ONNX export, parity checks, FP16 graphs, TensorRT engines and the bundle writer.
+
+Public API (import from the modules; this package imports nothing on its own):
+
+* ``pipeline.export_bundle(ckpt=, out=, fp16=, trt=, resnet_weights=, detector_weights=, stages=,
+  parity_data=, seed=, overwrite=)`` -> ``ExportResult`` -- what ``mner-export`` runs;
+* ``stages.STAGES`` -- the table of ``spec.StageSpec`` (detector, vision, tagger);
+* ``bundle.MANIFEST_FORMAT_VERSION``, ``bundle.verify_bundle``, ``bundle.read_manifest`` and the
+  manifest schema in ``bundle``'s docstring;
+* ``fp16.convert_to_fp16``, ``parity.ParityReport`` / ``ParityError``, ``trt.require_tensorrt``;
+* ``random_checkpoint.make_random_checkpoint`` -- a best.pt of a preset's size with random weights.
+"""

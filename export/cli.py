@@ -23,7 +23,9 @@ from mner.export.stages import STAGES
 @click.option("-v", "--verbose", is_flag=True)
 def export_command(verbose: bool, **options) -> None:
     """Export a checkpoint to a bundle: ONNX graphs per stage, parity-checked, with manifest."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # mner's own progress at INFO; the exporter's optimiser logs hundreds of INFO lines per graph.
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("mner").setLevel(logging.DEBUG if verbose else logging.INFO)
     from mner.export.pipeline import export_bundle  # torch and onnx load after argument parsing
     from mner.export.trt import EngineBuildError, TensorRTUnavailable
 
@@ -43,3 +45,7 @@ def export_command(verbose: bool, **options) -> None:
     if manifest["engines"]:
         click.echo(f"engines: {', '.join(manifest['engines'])}")
     click.echo(f"time: {result.seconds:.0f} s")
+
+
+if __name__ == "__main__":  # python -m mner.export.cli, where the console script is not installed
+    export_command()

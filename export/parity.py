@@ -116,7 +116,8 @@ def compare_floats(name: str, reference: np.ndarray, candidate: np.ndarray, tole
     candidate = candidate.astype(np.float64)
     non_finite = int((~np.isfinite(candidate)).sum())
     if non_finite:
-        return Measure(name, "max_rel", float("inf"), tolerance, note=f"{non_finite} non-finite values {note}".strip())
+        hint = "activations beyond the graph's float range, e.g. FP16's ±65504"
+        return Measure(name, "max_rel", float("inf"), tolerance, note=f"{non_finite} non-finite values: {hint} {note}".strip())
     difference = float(np.abs(candidate - reference).max())
     scale = float(np.abs(reference).max())
     relative = difference / scale if scale > 0 else difference
