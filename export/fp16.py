@@ -25,7 +25,7 @@ cannot be inferred, or a control-flow subgraph raises ``Fp16Error``.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 

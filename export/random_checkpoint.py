@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Iterable
 
 import click
-import numpy as np
 import torch
 
 from mner.runtime.tags import TagScheme
