@@ -18,7 +18,9 @@ from mner.export.stages import STAGES
 @click.option("--detector-weights", type=click.Path(dir_okay=False), help="torchvision RetinaNet-ResNet50-FPN-v2 COCO state_dict file; default: seeded random weights.")
 @click.option("--stages", default=",".join(STAGES), show_default=True, help=f"Comma-separated subset of {', '.join(STAGES)}.")
 @click.option("--parity-data", type=click.Path(dir_okay=False), help="CoNLL file whose every post the tag parity check decodes; default: synthetic posts.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random vision/detector weights and of the parity inputs.")
+@click.option("--seed", type=int, help="Seed of random vision/detector weights and of the parity inputs; default: the checkpoint's training seed, so random encoders match what training saw.")
+@click.option("--vision-arch", type=click.Choice(["resnet152", "resnet101", "resnet50"]), help="Grid encoder; default: the one the checkpoint was trained with (the paper: resnet152).")
+@click.option("--detector-size", type=int, help="Detector input side (a multiple of 128); default: the one the checkpoint was trained with (512).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out (only once the new one is complete).")
 @click.option("-v", "--verbose", is_flag=True)
 def export_command(verbose: bool, **options) -> None:

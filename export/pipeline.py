@@ -73,16 +73,18 @@ def export_bundle(
     detector_weights: str | os.PathLike | None = None,
     stages: str | Sequence[str] | None = None,
     parity_data: str | os.PathLike | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     overwrite: bool = False,
-    vision_arch: str = "resnet152",
-    detector_size: int = DETECTOR_SIZE,
+    vision_arch: str | None = None,
+    detector_size: int | None = None,
 ) -> ExportResult:
     """Export ``ckpt`` into the bundle ``out``; see the module docstring for the order of work.
 
     ``trt`` builds engines from the FP16 graphs, so it writes them too. ``vision_arch``
     and ``detector_size`` exist for tests and small demos (resnet50, a 128-pixel detector);
-    the manifest records both. Raises ValueError (ParityError, BundleError included) for
+    the manifest records both. ``seed``, ``vision_arch`` and ``detector_size`` default to
+    what the checkpoint was trained with, so random vision weights are the ones training
+    saw (the features the tagger learnt from). Raises ValueError (ParityError, BundleError included) for
     what the caller can fix, TensorRTUnavailable where TensorRT or a GPU is missing.
     """
     start = time.perf_counter()
@@ -90,8 +92,6 @@ def export_bundle(
     specs = select_stages(stages)
     out = Path(out)
     check_destination(out, overwrite)
-    if vision_arch not in GRID_ARCHS:
-        raise ValueError(f"vision_arch must be one of {GRID_ARCHS}, got {vision_arch!r}")
     paths = {"--resnet-weights": resnet_weights, "--detector-weights": detector_weights, "--parity-data": parity_data}
     for option, path in paths.items():
         if path is not None and not Path(path).is_file():
@@ -100,6 +100,12 @@ def export_bundle(
 
     ckpt = Path(ckpt)
     checkpoint = load_checkpoint(ckpt)
+    trained_with = checkpoint.payload.get("train_args", {})
+    seed = trained_with.get("seed", 0) if seed is None else seed
+    vision_arch = vision_arch or trained_with.get("grid_arch", "resnet152")
+    detector_size = detector_size or trained_with.get("detector_size", DETECTOR_SIZE)
+    if vision_arch not in GRID_ARCHS:
+        raise ValueError(f"vision_arch must be one of {GRID_ARCHS}, got {vision_arch!r}")
     sources = Sources(
         checkpoint=checkpoint,
         checkpoint_path=ckpt,
