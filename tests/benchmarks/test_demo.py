@@ -1,0 +1,33 @@
+"""The demo's steps at a reduced size: sample -> train -> export -> ORT tagging -> summary; a rerun reuses."""
+
+import json
+
+import torch
+
+from mner.benchmarks.demo import run_demo
+
+SMALL = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+         "augmentation_dim": 16}  # fmt: skip
+FAST_VISION = {"grid_arch": "resnet50", "detector_size": 128}
+
+
+def test_demo_chain_runs_and_a_second_run_reuses_its_outputs(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two cores shared with other tests: one thread is faster here
+    try:
+        lines: list[str] = []
+        sizes = {"train": 16, "valid": 6, "test": 6}
+        first = run_demo(tmp_path, epochs=2, sizes=sizes, model_overrides=SMALL, vision=FAST_VISION, echo=lines.append)
+        again: list[str] = []
+        second = run_demo(tmp_path, epochs=2, sizes=sizes, model_overrides=SMALL, vision=FAST_VISION, echo=again.append)
+    finally:
+        torch.set_num_threads(threads)
+    assert (tmp_path / "tiny" / "best.pt").is_file() and (tmp_path / "bundle" / "manifest.json").is_file()
+    tagged = [json.loads(line) for line in (tmp_path / "tagged.jsonl").read_text().splitlines()]
+    assert len(tagged) == sizes["test"] and all("entities" in record for record in tagged)
+    for record in tagged:  # offsets point into the text that was sent
+        assert all(record["text"][e["start"]:e["end"]] == e["text"] for e in record["entities"])
+    assert 0.0 <= first["metrics"]["micro"]["f1"] <= 1.0
+    assert any("reusing" in line for line in again) and not any("reusing" in line for line in lines)
+    assert second["metrics"] == first["metrics"]  # same bundle, same deterministic tags
+    assert any("posts/s" in line for line in lines)
