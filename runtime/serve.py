@@ -1,0 +1,343 @@
+"""mner-serve: the pipeline over HTTP (FastAPI on uvicorn), with dynamic batching, limits and metrics.
+
+    POST /v1/tag        {"text": "...", "image_base64": "..."?}  or multipart: text field + image file
+    POST /v1/tag/batch  {"posts": [{"text", "image_base64"?}, ...]}
+    GET  /healthz  /readyz  /metrics  /docs  /openapi.json
+
+A tagged post is answered as ``mner-tag`` writes it: {"entities": [...], "objects": [...]}
+(plus "image_error" where a picture was dropped). Every refusal is a JSON body
+{"error": {"kind", "message"[, "limit", "value"]}} with a 4xx/5xx status: 413 for a body
+over --max-body-bytes; 422 for a text over --max-text-chars, a picture over the pixel
+limit, too many posts, invalid base64, a corrupt picture or an empty text; 400 for
+malformed JSON; 415 for another content type; 503 + Retry-After when the queue is full
+or the bundle is still warming up; 504 past --timeout-s.
+
+On SIGTERM uvicorn stops listening and waits for the requests in flight; the batcher
+then tags whatever was submitted before it stops, so no accepted request goes unanswered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import re
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from mner.runtime.image import ImageError, _read_header
+from mner.runtime.pipeline import Pipeline, Post, TagResult
+from mner.runtime.serve_batcher import Batcher, Metrics, QueueFull, ServeConfig  # noqa: F401 -- ServeConfig is part of this API
+from mner.runtime.tagfile import _result_record
+
+logger = logging.getLogger(__name__)
+
+_BASE64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+_WHITESPACE = re.compile(rb"\s+")
+WARMUP_TEXT = "Warm up the tagger in Paris"
+
+
+class ApiError(Exception):
+    """A request the service refuses: status, kind and message, and the limit it broke with its value."""
+
+    def __init__(self, status: int, kind: str, message: str, *, limit: str | None = None, value: Any = None,
+                 headers: dict[str, str] | None = None) -> None:  # fmt: skip
+        super().__init__(message)
+        self.status, self.kind, self.message = status, kind, message
+        self.limit, self.value, self.headers = limit, value, headers
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"kind": self.kind, "message": self.message}
+        if self.limit is not None:
+            error.update(limit=self.limit, value=self.value)
+        return {"error": error}
+
+
+# --------------------------------------------------------------------------- the app
+
+_POST_SCHEMA = {
+    "type": "object",
+    "required": ["text"],
+    "properties": {"text": {"type": "string"}, "image_base64": {"type": "string", "description": "JPEG/PNG/GIF/BMP/WEBP bytes"}},
+}
+_TAG_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": _POST_SCHEMA},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["text"], "properties": {
+        "text": {"type": "string"}, "image": {"type": "string", "format": "binary"}}}},
+}}}  # fmt: skip
+_BATCH_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["posts"], "properties": {"posts": {"type": "array", "items": _POST_SCHEMA}}}}}}}  # fmt: skip
+
+
+def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig()) -> FastAPI:
+    """The ASGI app serving ``pipeline``; its lifespan starts the batcher (warm-up included) and drains it."""
+    metrics = Metrics()
+    warmup = [Post(WARMUP_TEXT)]
+    if pipeline.has_images:
+        warmup.append(Post(WARMUP_TEXT, _warmup_picture()))
+    batcher = Batcher(pipeline, metrics, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
+                      max_queue=config.max_queue, warmup_posts=warmup)  # fmt: skip
+    counts = {"accepted": 0, "answered": 0}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        yield
+        await asyncio.to_thread(batcher.close)
+        logger.warning("mner-serve stopped: %d tagging requests accepted, %d answered", counts["accepted"], counts["answered"])
+
+    app = FastAPI(title="mner-serve", version="1", lifespan=lifespan,
+                  description="Multimodal named-entity recognition for posts: text and an optional picture.")  # fmt: skip
+    app.state.batcher, app.state.metrics, app.state.config, app.state.counts = batcher, metrics, config, counts
+
+    @app.middleware("http")
+    async def account(request: Request, call_next):
+        tagging = request.url.path.startswith("/v1/")  # the shutdown log counts tagging requests only
+        counts["accepted"] += tagging
+        started = time.perf_counter()
+        endpoint = request.url.path if request.url.path in _ENDPOINTS else "other"
+        try:
+            try:
+                response = await call_next(request)
+            except ApiError as error:
+                response = _error_response(error)
+            if response.status_code >= 400:
+                kind = response.headers.get("x-error-kind", "http")
+                metrics.errors.labels(kind).inc()
+            metrics.requests.labels(endpoint, str(response.status_code)).inc()
+            metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            return response
+        finally:
+            counts["answered"] += tagging
+
+    @app.exception_handler(ApiError)
+    async def refuse(request: Request, error: ApiError) -> JSONResponse:
+        return _error_response(error)
+
+    @app.get("/healthz", summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="The bundle is loaded and warmed up")
+    async def readyz() -> JSONResponse:
+        if batcher.ready.is_set():
+            return JSONResponse({"status": "ready"})
+        reason = batcher.failed or "warming up"
+        return JSONResponse({"status": "not ready", "reason": reason}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/tag", summary="Tag one post", openapi_extra=_TAG_BODY)
+    async def tag_one(request: Request) -> JSONResponse:
+        post = await _read_post(request, config, pipeline.max_pixels)
+        (result,) = await _tag(batcher, config, [post])
+        if not result.ok:
+            raise ApiError(422, "bad image" if result.error.startswith("image:") else "invalid request", result.error)
+        return JSONResponse(_result_record(result, with_tags=False))
+
+    @app.post("/v1/tag/batch", summary=f"Tag up to --max-posts posts ({config.max_posts} here)", openapi_extra=_BATCH_BODY)
+    async def tag_batch(request: Request) -> JSONResponse:
+        value = _json_body(await _read_body(request, config, json_only=True))
+        posts = value.get("posts") if isinstance(value, dict) else None
+        if not isinstance(posts, list) or not posts:
+            raise ApiError(422, "invalid request", 'expected {"posts": [{"text", "image_base64"?}, ...]} with at least one post')
+        if len(posts) > config.max_posts:
+            raise ApiError(422, "too many posts", f"{len(posts)} posts in one call, over the limit of {config.max_posts}",
+                           limit="max_posts", value=config.max_posts)  # fmt: skip
+        parsed = [_post_from_json(post, config, pipeline.max_pixels, where=f"posts[{i}]") for i, post in enumerate(posts)]
+        results = await _tag(batcher, config, parsed)
+        return JSONResponse({"results": [_result_record(result, with_tags=False) for result in results]})
+
+    return app
+
+
+_ENDPOINTS = frozenset({"/v1/tag", "/v1/tag/batch", "/healthz", "/readyz", "/metrics"})
+
+
+def _error_response(error: ApiError) -> JSONResponse:
+    headers = {"x-error-kind": error.kind, **(error.headers or {})}
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+async def _tag(batcher: Batcher, config: ServeConfig, posts: list[Post]) -> list[TagResult]:
+    if not batcher.ready.is_set():
+        raise ApiError(503, "not ready", batcher.failed or "the bundle is warming up; retry shortly", headers={"Retry-After": "1"})
+    try:
+        future, abandoned = batcher.submit(posts)
+    except QueueFull as error:
+        raise ApiError(503, "queue full", str(error), limit="max_queue", value=config.max_queue,
+                       headers={"Retry-After": "1"}) from error  # fmt: skip
+    except RuntimeError as error:
+        raise ApiError(503, "shutting down", str(error)) from error
+    try:
+        return await asyncio.wait_for(future, config.timeout_s)
+    except asyncio.TimeoutError as error:
+        abandoned.set()
+        raise ApiError(504, "timeout", f"not tagged within {config.timeout_s} s", limit="timeout_s",
+                       value=config.timeout_s) from error  # fmt: skip
+    except Exception as error:  # the pipeline failed on the whole batch
+        raise ApiError(500, "internal", f"the pipeline failed: {error}") from error
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+async def _read_body(request: Request, config: ServeConfig, *, json_only: bool = False) -> bytes:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    allowed = ("application/json",) if json_only else ("application/json", "multipart/form-data")
+    if content_type not in allowed:
+        raise ApiError(415, "content type", f"expected Content-Type {' or '.join(allowed)}, got {content_type or 'none'!r}")
+    declared = request.headers.get("content-length")
+    too_large = ApiError(413, "body too large", f"the request body is over the limit of {config.max_body_bytes} bytes",
+                         limit="max_body_bytes", value=config.max_body_bytes)  # fmt: skip
+    if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():  # chunked bodies declare no length: count as they come
+        size += len(chunk)
+        if size > config.max_body_bytes:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json_body(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        message = error.msg if isinstance(error, json.JSONDecodeError) else "not UTF-8"
+        where = f" (line {error.lineno}, column {error.colno})" if isinstance(error, json.JSONDecodeError) else ""
+        raise ApiError(400, "malformed JSON", f"the body is not valid JSON: {message}{where}") from error
+
+
+async def _read_post(request: Request, config: ServeConfig, max_pixels: int) -> Post:
+    body = await _read_body(request, config)
+    if request.headers["content-type"].lower().startswith("multipart/form-data"):
+        fields = _multipart(body, request.headers["content-type"])
+        unknown = sorted(set(fields) - {"text", "image"})
+        if "text" not in fields or unknown:
+            what = "has no 'text' field" if "text" not in fields else f"has unknown fields {unknown}"
+            raise ApiError(422, "invalid request", f"a multipart post needs a 'text' field and may have an 'image' file; this one {what}")
+        try:
+            text = fields["text"].decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ApiError(422, "invalid request", "the 'text' field is not UTF-8") from error
+        image = fields.get("image") or None
+        _check_text(text, config, "text")
+        if image is not None:
+            _check_image(image, max_pixels, "image")
+        return Post(text, image)
+    return _post_from_json(_json_body(body), config, max_pixels, where="body")
+
+
+def _post_from_json(value: Any, config: ServeConfig, max_pixels: int, *, where: str) -> Post:
+    if not isinstance(value, dict):
+        raise ApiError(422, "invalid request", f'{where}: expected an object {{"text", "image_base64"?}}, got {type(value).__name__}')
+    unknown = sorted(set(value) - {"text", "image_base64"})
+    if "text" not in value or unknown:
+        what = "has no 'text'" if "text" not in value else f"has unknown keys {unknown}"
+        raise ApiError(422, "invalid request", f"{where}: a post needs 'text' and may have 'image_base64'; this one {what}")
+    text = value["text"]
+    if not isinstance(text, str):
+        raise ApiError(422, "invalid request", f"{where}.text must be a string, got {type(text).__name__}")
+    _check_text(text, config, f"{where}.text")
+    image = value.get("image_base64")
+    if image is None:
+        return Post(text)
+    if not isinstance(image, str):
+        raise ApiError(422, "invalid request", f"{where}.image_base64 must be a string, got {type(image).__name__}")
+    data = _decode_base64(image, f"{where}.image_base64")
+    _check_image(data, max_pixels, f"{where}.image_base64")
+    return Post(text, data)
+
+
+def _check_text(text: str, config: ServeConfig, where: str) -> None:
+    if len(text) > config.max_text_chars:
+        raise ApiError(422, "text too long", f"{where} has {len(text)} characters, over the limit of {config.max_text_chars}",
+                       limit="max_text_chars", value=config.max_text_chars)  # fmt: skip
+    if not text.strip():
+        raise ApiError(422, "empty text", f"{where} is {'empty' if not text else 'whitespace only'}: nothing to tag")
+
+
+def _decode_base64(value: str, where: str) -> bytes:
+    if value.startswith("data:"):
+        header, comma, value = value.partition(",")
+        if not comma or not header.endswith(";base64"):
+            raise ApiError(422, "invalid base64", f"{where}: a data URL must look like data:image/jpeg;base64,<payload>")
+    raw = _WHITESPACE.sub(b"", value.encode("ascii", "replace"))
+    if not _BASE64.fullmatch(raw):
+        bad = next(chr(c) for c in raw if not (chr(c).isalnum() or chr(c) in "+/="))
+        raise ApiError(422, "invalid base64", f"{where} is not valid base64: unexpected character {bad!r}")
+    try:
+        return base64.b64decode(raw + b"=" * (-len(raw) % 4), validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ApiError(422, "invalid base64", f"{where} is not valid base64: {error}") from error
+
+
+def _check_image(data: bytes, max_pixels: int, where: str) -> None:
+    """Refuse from the header alone what is not a picture or is over the pixel limit; corrupt pixel data is
+    found when the batch decodes it (that post's error)."""
+    if not data:
+        raise ApiError(422, "bad image", f"{where} is empty (omit it for a post without a picture)")
+    try:
+        fmt, width, height = _read_header(data)
+    except ImageError as error:
+        raise ApiError(422, "bad image", f"{where}: {error}") from error
+    if width * height > max_pixels:
+        raise ApiError(422, "image too large", f"{where} is a {width}×{height} {fmt} = {width * height} pixels, over the "
+                       f"limit of {max_pixels}", limit="max_pixels", value=max_pixels)  # fmt: skip
+
+
+def _multipart(body: bytes, content_type: str) -> dict[str, bytes]:
+    """The fields of a multipart/form-data body, by name (RFC 7578; no nested parts)."""
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    if match is None:
+        raise ApiError(400, "malformed multipart", "multipart/form-data without a boundary parameter")
+    delimiter = b"--" + match.group(1).encode("latin-1")
+    parts = body.split(delimiter)
+    if len(parts) < 3 or not parts[-1].startswith(b"--"):
+        raise ApiError(400, "malformed multipart", "the multipart body is not closed by its boundary")
+    fields: dict[str, bytes] = {}
+    for part in parts[1:-1]:
+        head, separator, content = part.partition(b"\r\n\r\n")
+        if not separator or not head.startswith(b"\r\n") or not content.endswith(b"\r\n"):
+            raise ApiError(400, "malformed multipart", "a multipart part lacks its headers or CRLF framing")
+        name = re.search(rb'content-disposition:[^\r\n]*\bname="([^"]*)"', head, re.IGNORECASE)
+        if name is None:
+            raise ApiError(400, "malformed multipart", "a multipart part has no Content-Disposition name")
+        key = name.group(1).decode("utf-8", "replace")
+        if key in fields:
+            raise ApiError(422, "invalid request", f"the multipart field {key!r} is given twice")
+        fields[key] = content[:-2]
+    return fields
+
+
+def _warmup_picture() -> bytes:
+    """A small PNG (encoded here, so warm-up needs no file) that runs the detector and vision stages."""
+    import cv2  # noqa: PLC0415 -- already imported by the pipeline; only warm-up needs it here
+    import numpy as np  # noqa: PLC0415
+
+    gradient = np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3).astype(np.uint8)
+    return cv2.imencode(".png", gradient)[1].tobytes()
+
+
+# --------------------------------------------------------------------------- running
+
+
+def serve(pipeline: Pipeline, config: ServeConfig = ServeConfig(), *, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve until SIGTERM/SIGINT, then drain: every accepted request is answered before this returns."""
+    import uvicorn  # noqa: PLC0415
+
+    app = create_app(pipeline, config)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                           backlog=2048, timeout_keep_alive=30))  # fmt: skip
+    server.run()
