@@ -19,8 +19,6 @@ then tags whatever was submitted before it stops, so no accepted request goes un
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
 import re
@@ -35,12 +33,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from mner.runtime.image import ImageError, _read_header
 from mner.runtime.pipeline import Pipeline, Post, TagResult
 from mner.runtime.serve_batcher import Batcher, Metrics, QueueFull, ServeConfig  # noqa: F401 -- ServeConfig is part of this API
+from mner.runtime.tagfile import _decode_base64 as _tagfile_base64
 from mner.runtime.tagfile import _result_record
 
 logger = logging.getLogger(__name__)
 
-_BASE64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
-_WHITESPACE = re.compile(rb"\s+")
 WARMUP_TEXT = "Warm up the tagger in Paris"
 
 
@@ -287,18 +284,15 @@ def _check_text(text: str, config: ServeConfig, where: str) -> None:
 
 
 def _decode_base64(value: str, where: str) -> bytes:
+    """Plain or URL-safe base64, or a data: URL, read as mner-tag reads an input line's image string."""
     if value.startswith("data:"):
         header, comma, value = value.partition(",")
         if not comma or not header.endswith(";base64"):
             raise ApiError(422, "invalid base64", f"{where}: a data URL must look like data:image/jpeg;base64,<payload>")
-    raw = _WHITESPACE.sub(b"", value.encode("ascii", "replace"))
-    if not _BASE64.fullmatch(raw):
-        bad = next(chr(c) for c in raw if not (chr(c).isalnum() or chr(c) in "+/="))
-        raise ApiError(422, "invalid base64", f"{where} is not valid base64: unexpected character {bad!r}")
-    try:
-        return base64.b64decode(raw + b"=" * (-len(raw) % 4), validate=True)
-    except (binascii.Error, ValueError) as error:
-        raise ApiError(422, "invalid base64", f"{where} is not valid base64: {error}") from error
+    data, problem = _tagfile_base64(value)
+    if problem is not None:
+        raise ApiError(422, "invalid base64", f"{where}: {problem}")
+    return data
 
 
 def _check_image(data: bytes, max_pixels: int, where: str) -> None:
