@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 
 import pytest
 from click.testing import CliRunner
