@@ -85,7 +85,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     if not data:
         raise ImageError("empty image: 0 bytes")
 
-    fmt, width, height = _read_header(data)
+    fmt, width, height = read_header(data)
     if width <= 0 or height <= 0:
         raise ImageError(f"corrupt {fmt}: the header gives a size of {width}×{height}")
     if width * height > max_pixels:
@@ -113,7 +113,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
         raise ImageError(f"{os.fspath(path)}: {e}") from e
 
 
-def _read_header(data: bytes) -> tuple[str, int, int]:
+def read_header(data: bytes) -> tuple[str, int, int]:
     """(format name, width, height) from the header alone, without decoding pixels."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return _png_size(data)

@@ -30,11 +30,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mner.runtime.image import ImageError, _read_header
+from mner.runtime.image import ImageError, read_header
 from mner.runtime.pipeline import Pipeline, Post, TagResult
 from mner.runtime.serve_batcher import Batcher, Metrics, QueueFull, ServeConfig  # noqa: F401 -- ServeConfig is part of this API
-from mner.runtime.tagfile import _decode_base64 as _tagfile_base64
-from mner.runtime.tagfile import _result_record
+from mner.runtime.tagfile import decode_base64
+from mner.runtime.tagfile import result_record
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig()) -> FastA
         (result,) = await _tag(batcher, config, [post])
         if not result.ok:
             raise ApiError(422, "bad image" if result.error.startswith("image:") else "invalid request", result.error)
-        return JSONResponse(_result_record(result, with_tags=False))
+        return JSONResponse(result_record(result, with_tags=False))
 
     @app.post("/v1/tag/batch", summary=f"Tag up to --max-posts posts ({config.max_posts} here)", openapi_extra=_BATCH_BODY)
     async def tag_batch(request: Request) -> JSONResponse:
@@ -134,7 +134,7 @@ def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig()) -> FastA
                            limit="max_posts", value=config.max_posts)  # fmt: skip
         parsed = [_post_from_json(post, config, pipeline.max_pixels, where=f"posts[{i}]") for i, post in enumerate(posts)]
         results = await _tag(batcher, config, parsed)
-        return JSONResponse({"results": [_result_record(result, with_tags=False) for result in results]})
+        return JSONResponse({"results": [result_record(result, with_tags=False) for result in results]})
 
     return app
 
@@ -289,7 +289,7 @@ def _decode_base64(value: str, where: str) -> bytes:
         header, comma, value = value.partition(",")
         if not comma or not header.endswith(";base64"):
             raise ApiError(422, "invalid base64", f"{where}: a data URL must look like data:image/jpeg;base64,<payload>")
-    data, problem = _tagfile_base64(value)
+    data, problem = decode_base64(value)
     if problem is not None:
         raise ApiError(422, "invalid base64", f"{where}: {problem}")
     return data
@@ -301,7 +301,7 @@ def _check_image(data: bytes, max_pixels: int, where: str) -> None:
     if not data:
         raise ApiError(422, "bad image", f"{where} is empty (omit it for a post without a picture)")
     try:
-        fmt, width, height = _read_header(data)
+        fmt, width, height = read_header(data)
     except ImageError as error:
         raise ApiError(422, "bad image", f"{where}: {error}") from error
     if width * height > max_pixels:

@@ -196,7 +196,7 @@ def _flush(pipeline: Pipeline, entries: list[_Entry], sink, summary: TagSummary)
     else:
         results = pipeline.tag([e.post for e in to_tag])
     for entry, result in zip(to_tag, results):
-        entry.record = _result_record(result, with_tags=entry.words is not None)
+        entry.record = result_record(result, with_tags=entry.words is not None)
         if not result.ok:
             entry.kind = "image" if result.error.startswith("image:") else "text"
     lines = []
@@ -214,7 +214,7 @@ def _flush(pipeline: Pipeline, entries: list[_Entry], sink, summary: TagSummary)
     os.fsync(sink.fileno())
 
 
-def _result_record(result: TagResult, with_tags: bool) -> dict[str, Any]:
+def result_record(result: TagResult, with_tags: bool) -> dict[str, Any]:
     record = result.to_dict()
     if with_tags and result.ok:
         record["tags"] = result.tags
@@ -294,7 +294,7 @@ def _image_bytes(value: str, images_dir: Path) -> tuple[bytes | None, str | None
         header, comma, payload = value.partition(",")
         if not comma or not header.endswith(";base64"):
             return None, f"a data URL must look like data:image/jpeg;base64,<payload>, got {value[:40]!r}..."
-        return _decode_base64(payload)
+        return decode_base64(payload)
     if not value:
         return None, "empty image string (omit the field, or use null, for a post without a picture)"
     path = images_dir / value
@@ -306,13 +306,13 @@ def _image_bytes(value: str, images_dir: Path) -> tuple[bytes | None, str | None
         return _read_image_file(path)
     if "." in value:  # base64 has no "."
         return None, f"no such image file: {path}"
-    data, problem = _decode_base64(value)
+    data, problem = decode_base64(value)
     if problem is not None:
         return None, f"not a file under {images_dir} and not valid base64 ({problem})"
     return data, None
 
 
-def _decode_base64(payload: str) -> tuple[bytes | None, str | None]:
+def decode_base64(payload: str) -> tuple[bytes | None, str | None]:
     text = _WHITESPACE.sub("", payload)  # MIME base64 wraps its lines
     if len(text) * 3 // 4 > MAX_IMAGE_BYTES:
         return None, f"the base64 payload decodes to more than {MAX_IMAGE_BYTES >> 20} MiB"
