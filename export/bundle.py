@@ -69,7 +69,6 @@ to the bundle, with "/" separators::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -78,23 +77,17 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from mner.runtime.bundle import MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION, MANIFEST_NAME, sha256_file
+
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "mner-bundle"
-MANIFEST_FORMAT_VERSION = 1
+# The format is defined once, by the runtime's reader; the writer follows it.
+__all__ = ["MANIFEST_FORMAT", "MANIFEST_FORMAT_VERSION", "MANIFEST_NAME", "BundleError", "BundleWriter",
+           "check_destination", "read_manifest", "sha256_file", "verify_bundle"]
 
 
 class BundleError(ValueError):
     """A bundle cannot be written where asked, or a written one does not verify."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_destination(out: Path, overwrite: bool) -> None:

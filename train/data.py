@@ -8,18 +8,7 @@ accepted with image_id None ("no image"). The reader is the runtime's
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
+from mner.runtime.bundle import sha256_file
 from mner.runtime.conll import IMAGE_PREFIX, ConllPost as Post, read_conll
 
 __all__ = ["IMAGE_PREFIX", "Post", "read_conll", "sha256_file"]
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (data-file hashes in checkpoints)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -37,6 +37,7 @@ from torch.nn import functional as F
 from torchvision.models.detection.image_list import ImageList
 from tqdm.auto import tqdm
 
+from mner.runtime.bundle import sha256_file
 from mner.runtime.coco import select_objects
 from mner.runtime.image import DETECTOR_SIZE, MAX_PIXELS, preprocess_images, preprocessing_constants
 
@@ -383,13 +384,6 @@ def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def _state_digest(module: nn.Module) -> str:
     digest = hashlib.sha256()
@@ -436,4 +430,4 @@ def _load_torchvision_state_dict(module: nn.Module, path: str | os.PathLike, exp
         ]
         raise ValueError(f"{path} does not hold {expected} weights; " + "; ".join(p for p in parts if p))
     module.load_state_dict(state, strict=True)
-    return _file_sha256(path)
+    return sha256_file(path)
