@@ -7,6 +7,7 @@ import click
 def bench_command() -> None:
     """Benchmark a bundle against the PyTorch reference (not implemented yet)."""
     raise click.ClickException(
-        "mner-bench is not implemented yet: it arrives with issue #7. "
-        "The Viterbi decoder benchmark exists already: python -m mner.benchmarks.viterbi"
+        "mner-bench is not implemented yet: it arrives with issue #7. What exists: "
+        "python -m mner.benchmarks.viterbi (CRF decoding), python -m mner.benchmarks.loadtest (mner-serve), "
+        "python -m mner.benchmarks.demo (the whole chain with a short summary)"
     )
