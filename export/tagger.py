@@ -46,6 +46,11 @@ class TaggerGraph(nn.Module):
 def build(sources: Sources) -> BuiltStage:
     model = sources.checkpoint.model.eval()
     config = model.config
+    if config.char_cnn:
+        raise ValueError(
+            f"{sources.checkpoint_path} was trained with the char-CNN ablation; the tagger graph has no "
+            "char_ids input yet, so it cannot be exported (train without --char-cnn to deploy)"
+        )
     return BuiltStage(
         module=TaggerGraph(model).eval(),
         dims={

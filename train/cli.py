@@ -38,6 +38,8 @@ REFERENCE_NAMES = {
     "object_gate": "fus2_w1 + fus2_w2 + fus2_bias",
     "single_gate": "fus1_w1 + fus1_w2 + fus1_bias",
     "fused_linear": "fus3_linear",
+    "char_cnn": "bert.embeddings.char_cnn_model",
+    "char_linear": "bert.embeddings.char_cnn_linear",
     "output_weight": "fusion_w",
     "output_bias": "fusion_bias",
 }
@@ -90,12 +92,13 @@ def _optional_path(value: str | None) -> Path | None:
 @click.option("--augmentation", type=click.Choice(AUGMENTATION_MODES), help="Ablation: how augmentation joins BERT (paper: add).")
 @click.option("--fusion", type=click.Choice(FUSION_MODES), help="Ablation: which image granularities are fused (paper: gate_cat).")
 @click.option("--no-aux-task", is_flag=True, help="Ablation: drop the auxiliary entity-span CRF.")
+@click.option("--char-cnn", is_flag=True, help="Ablation: add the reference's char-CNN to BERT's input embeddings (not exportable yet).")
 @click.option("--describe", is_flag=True, help="Print each module's parameter count and exit.")
 @click.option("-v", "--verbose", is_flag=True)
-def train_command(describe: bool, verbose: bool, augmentation, fusion, no_aux_task, **options) -> None:
+def train_command(describe: bool, verbose: bool, augmentation, fusion, no_aux_task, char_cnn, **options) -> None:
     """Train MGCMT on TWITTER-format data into <out>/best.pt."""
     _setup_logging(verbose)
-    overrides = _model_overrides(augmentation, fusion, no_aux_task)
+    overrides = _model_overrides(augmentation, fusion, no_aux_task, char_cnn)
     if describe:
         click.echo(describe_model(options["preset"], overrides))
         return
@@ -116,7 +119,7 @@ def train_command(describe: bool, verbose: bool, augmentation, fusion, no_aux_ta
     click.echo(f"time {summary['elapsed_s']:.0f} s")
 
 
-def _model_overrides(augmentation: str | None, fusion: str | None, no_aux_task: bool) -> dict:
+def _model_overrides(augmentation: str | None, fusion: str | None, no_aux_task: bool, char_cnn: bool = False) -> dict:
     overrides: dict = {}
     if augmentation:
         overrides["augmentation"] = augmentation
@@ -124,6 +127,8 @@ def _model_overrides(augmentation: str | None, fusion: str | None, no_aux_task: 
         overrides["fusion"] = fusion
     if no_aux_task:
         overrides["aux_task"] = False
+    if char_cnn:
+        overrides["char_cnn"] = True
     return overrides
 
 

@@ -75,6 +75,13 @@ class ModelConfig:
     img2txt_layers: int = 1
     txt2txt_layers: int = 1
 
+    # char-CNN over each word's characters joined to BERT's input embeddings (an ablation; off in the
+    # paper's best configuration, IIE4MNER use_char_cnn=1). Its sizes are the reference's.
+    char_cnn: bool = False
+    char_vocab_size: int = 5  # [PAD], [UNK], [X], [XC], [XS] + characters seen in training; set from the data
+    max_word_chars: int = 12  # the reference's max_wordlen
+    char_embedding_dim: int = 128  # the reference's char_input_dim
+
     fusion: str = "gate_cat"  # gate_cat (best) | objects_only | image_only
     fusion_dropout: float = 0.5
     aux_task: bool = True  # the auxiliary entity-span CRF (seg_task=0)
@@ -207,6 +214,33 @@ class CrossEncoder(nn.Module):
         return queries
 
 
+class CharCNN(nn.Module):
+    """The reference's char_cnn: character embeddings, convolutions of widths 2/3/4 with tanh and
+    max-pooling over the word, then Linear(96, 100) -> ReLU -> Linear(100, H). One vector per piece."""
+
+    KERNELS = (2, 3, 4)
+    FILTERS = 32
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(config.char_vocab_size, config.char_embedding_dim, padding_idx=0)
+        nn.init.xavier_normal_(self.embedding.weight)
+        self.convolutions = nn.ModuleList(
+            nn.Conv1d(config.char_embedding_dim, self.FILTERS, kernel, padding=kernel // 2) for kernel in self.KERNELS
+        )
+        self.dropout = nn.Dropout(0.25)
+        self.hidden = nn.Linear(self.FILTERS * len(self.KERNELS), 100)
+        self.output = nn.Linear(100, config.hidden_size)
+
+    def forward(self, char_ids: torch.Tensor) -> torch.Tensor:
+        """char_ids (B, L, W) int64 -> (B, L, H)."""
+        batch, length, width = char_ids.shape
+        chars = self.embedding(char_ids.reshape(batch * length, width)).transpose(1, 2)  # (B*L, E, W)
+        pooled = [self.dropout(torch.tanh(conv(chars)).amax(dim=-1)) for conv in self.convolutions]  # each (B*L, 32)
+        hidden = self.dropout(F.relu(self.hidden(torch.cat(pooled, dim=-1))))
+        return self.output(hidden).view(batch, length, -1)
+
+
 class Gate(nn.Module):
     """g = sigmoid(a W1^T + b W2^T + bias); out = g * a + (1 - g) * b  (the reference's fusion gates)."""
 
@@ -271,6 +305,9 @@ class MGCMT(nn.Module):
         self.objects_to_text = CrossEncoder(config, 1)  # obj2txt_attention
         self.text_to_objects = CrossEncoder(config, 1)  # txt2obj_attention
         self.text_to_attended_objects = CrossEncoder(config, 1)  # txt2obj_attention_v2
+        if config.char_cnn:
+            self.char_cnn = CharCNN(config)  # reference: bert.embeddings.char_cnn_model
+            self.char_linear = nn.Linear(2 * hidden, hidden)  # reference: bert.embeddings.char_cnn_linear
         self.fusion_dropout = nn.Dropout(config.fusion_dropout)
         if config.fusion == "gate_cat":
             self.image_gate = Gate(hidden)  # fus1
@@ -310,13 +347,15 @@ class MGCMT(nn.Module):
         grid: torch.Tensor,
         image_mask: torch.Tensor,
         object_ids: torch.Tensor,
+        char_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Emissions of the main and the auxiliary CRF.
 
         input_ids (B, L) int64 word-pieces; attention_mask (B, L) 1 = real piece;
         aug_ids (B, L) int64 augmentation-table rows (0 where no word starts);
         grid (B, 49, 2048) float ResNet features; image_mask (B,) 1 = the post has an image;
-        object_ids (B, K) int64 COCO ids 1..80, 0 = none.
+        object_ids (B, K) int64 COCO ids 1..80, 0 = none;
+        char_ids (B, L, W) int64 each piece's characters, only with config.char_cnn.
         Returns emissions (B, L, num_tags) and aux emissions (B, L, num_aux_tags).
         """
         dtype = grid.dtype
@@ -327,7 +366,12 @@ class MGCMT(nn.Module):
         object_mask = additive_mask((object_ids != 0).long(), dtype)  # (B, 1, 1, K)
 
         # BERT takes the prepared 4-D additive mask as is: no data-dependent mask shortcuts in the graph.
-        text = self.bert(input_ids=input_ids, attention_mask=text_mask).last_hidden_state  # (B, L, H)
+        if self.config.char_cnn:
+            if char_ids is None:
+                raise ValueError("this model was configured with char_cnn=True: char_ids (B, L, W) are required")
+            text = self.bert.encoder(self._char_embeddings(input_ids, char_ids), attention_mask=text_mask)[0]
+        else:
+            text = self.bert(input_ids=input_ids, attention_mask=text_mask).last_hidden_state  # (B, L, H)
         if self.config.augmentation != "none":
             augmentation = self.augmentation_linear(self.augmentation_table[aug_ids])  # (B, L, H)
             if self.config.augmentation == "add":
@@ -343,6 +387,15 @@ class MGCMT(nn.Module):
         fused = self._fuse_image(main_text, text_mask, grid, grid_mask, object_ids, object_mask)  # (B, L, H)
         final = torch.cat([main_text, fused], dim=-1) @ self.output_weight + self.output_bias  # (B, L, H)
         return self.classifier(final), aux_emissions
+
+    def _char_embeddings(self, input_ids: torch.Tensor, char_ids: torch.Tensor) -> torch.Tensor:
+        """BERT's input embeddings with the char-CNN joined before their LayerNorm, as the reference does."""
+        embeddings = self.bert.embeddings
+        positions = torch.arange(input_ids.size(1), device=input_ids.device)[None, :]
+        summed = (embeddings.word_embeddings(input_ids) + embeddings.position_embeddings(positions)
+                  + embeddings.token_type_embeddings(torch.zeros_like(input_ids)))  # (B, L, H)  # fmt: skip
+        joined = self.char_linear(self.dropout(torch.cat([summed, self.char_cnn(char_ids)], dim=-1)))
+        return embeddings.dropout(embeddings.LayerNorm(joined))
 
     def _fuse_image(self, main_text, text_mask, grid, grid_mask, object_ids, object_mask) -> torch.Tensor:
         fusion = self.config.fusion

@@ -29,6 +29,8 @@ from mner.runtime.image import DETECTOR_SIZE
 from mner.runtime.tags import TagScheme
 from mner.runtime.text import TextEncoder, label_ids
 from mner.train.augment import build_augmentation_table, load_word_vectors, train_word2vec
+from mner.train.chars import SPECIALS as SPECIAL_CHARS
+from mner.train.chars import build_char_vocab, char_ids
 from mner.train.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from mner.train.data import Post, read_conll, sha256_file
 from mner.train.metrics import evaluate_entities
@@ -108,6 +110,7 @@ class Example:
     aux_tags: np.ndarray  # (n,) int64
     word_tags: list[str]  # gold tags of the words kept (the truncated tail is not scored)
     image_index: int  # row in the split's feature arrays
+    char_ids: np.ndarray | None = None  # (n, W) int64, only for the char-CNN ablation
 
 
 class Features:
@@ -217,7 +220,9 @@ def model_config_for(args: TrainArgs, scheme: TagScheme, vocab_size: int, table_
     )
 
 
-def encode_split(posts: list[Post], encoder: TextEncoder, scheme: TagScheme) -> list[Example]:
+def encode_split(
+    posts: list[Post], encoder: TextEncoder, scheme: TagScheme, config: ModelConfig, char_vocab: dict[str, int] | None
+) -> list[Example]:
     examples = []
     truncated = 0
     for index, (post, encoded) in enumerate(zip(posts, encoder.encode_many([post.words for post in posts]))):
@@ -232,6 +237,7 @@ def encode_split(posts: list[Post], encoder: TextEncoder, scheme: TagScheme) -> 
                 aux_tags=aux_tags,
                 word_tags=list(post.tags[: encoded.n_words]),
                 image_index=index,
+                char_ids=char_ids(encoded, post.words, char_vocab, config.max_word_chars) if config.char_cnn else None,
             )
         )
     if truncated:
@@ -275,7 +281,14 @@ def collate(examples: list[Example], features: Features, config: ModelConfig, pa
         tags[row, :n] = example.tags
         aux_tags[row, :n] = example.aux_tags
     grid, image_mask, object_ids = features.take([e.image_index for e in examples], config.grid_cells, config.grid_dim)
+    batch_chars = {}
+    if config.char_cnn:
+        chars = np.zeros((batch, length, config.max_word_chars), dtype=np.int64)
+        for row, example in enumerate(examples):
+            chars[row, : len(example.char_ids)] = example.char_ids
+        batch_chars["char_ids"] = torch.from_numpy(chars)
     return {
+        **batch_chars,
         "input_ids": torch.from_numpy(input_ids),
         "attention_mask": torch.from_numpy(attention_mask),
         "aug_ids": torch.from_numpy(aug_ids),
@@ -289,6 +302,11 @@ def collate(examples: list[Example], features: Features, config: ModelConfig, pa
 
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "aug_ids", "grid", "image_mask", "object_ids")
+
+
+def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    names = MODEL_INPUTS + (("char_ids",) if "char_ids" in batch else ())
+    return {name: batch[name].to(device) for name in names}
 
 
 def bucketed_order(lengths: list[int], batch_size: int, rng: np.random.RandomState, pool: int = 50) -> list[list[int]]:
@@ -325,7 +343,7 @@ def predict(
     order = list(range(len(examples)))
     for chunk in tqdm(list(batches(examples, batch_size, order)), desc="decode", disable=not progress, leave=False):
         batch = collate(chunk, features, model.config, pad_id)
-        emissions, _ = model(**{k: batch[k].to(device) for k in MODEL_INPUTS})
+        emissions, _ = model(**model_inputs(batch, device))
         lengths = batch["attention_mask"].sum(dim=1).numpy()
         decoded = decode_words(emissions.float().cpu().numpy(), lengths, batch["roles"].numpy(), scheme, crf)
         predictions.extend(decoded.word_tags)
@@ -387,7 +405,10 @@ def train(args: TrainArgs) -> dict[str, Any]:
     probe = ModelConfig.preset(args.preset, **args.model_overrides)
     encoder, table, _ = build_text_encoder(args, splits, probe)
     vocab_size = encoder.tokenizer.get_vocab_size()
+    char_vocab = build_char_vocab(word for post in splits["train"] for word in post.words) if probe.char_cnn else None
     config = model_config_for(args, scheme, vocab_size, table.shape[0])
+    if config.char_cnn:
+        config = dataclasses.replace(config, char_vocab_size=len(SPECIAL_CHARS) + len(char_vocab))
     if config.vocab_size < vocab_size:
         raise ValueError(f"tokenizer has {vocab_size} pieces but the model only {config.vocab_size} embeddings")
     logger.info("tags: %s", scheme.tags)
@@ -396,7 +417,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
     model = build_model(args, config).to(device)
     if config.augmentation != "none":
         model.set_augmentation_table(torch.from_numpy(table).to(device))
-    examples = {split: encode_split(posts, encoder, scheme) for split, posts in splits.items()}
+    examples = {split: encode_split(posts, encoder, scheme, config, char_vocab) for split, posts in splits.items()}
     features = {split: split_features(args, posts, config) for split, posts in splits.items()}
     pad_id = encoder.pad_id
 
@@ -440,7 +461,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
             chunk = [train_examples[i] for i in group]
             batch = collate(chunk, features["train"], config, pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            emissions, aux_emissions = trained(**{k: batch[k] for k in MODEL_INPUTS})
+            emissions, aux_emissions = trained(**model_inputs(batch, device))
             loss = model.loss(emissions, aux_emissions, batch["tags"], batch["aux_tags"], batch["attention_mask"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -458,7 +479,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
             logger.info("epoch %d: loss %.4f, dev F1 %.4f", epoch + 1, record["loss"], record["dev_f1"])
             if dev["micro"]["f1"] > state["best_dev_f1"]:
                 state["best_dev_f1"] = dev["micro"]["f1"]
-                save_checkpoint(best_path, model, scheme, encoder, train_args=args.to_payload(),
+                save_checkpoint(best_path, model, scheme, encoder, train_args=args.to_payload(), char_vocab=char_vocab,
                                 data_hashes=data_hashes, metrics={"dev": dev, "epoch": epoch + 1})  # fmt: skip
             torch.save({
                 "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
@@ -477,7 +498,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
         dev = best.payload["metrics"]["dev"]
         summary.update(test=test, dev=dev, best_epoch=best.payload["metrics"]["epoch"])
         save_checkpoint(best_path, best.model, scheme, encoder, train_args=args.to_payload(), data_hashes=data_hashes,
-                        metrics={"dev": dev, "test": test, "epoch": summary["best_epoch"]})  # fmt: skip
+                        char_vocab=char_vocab, metrics={"dev": dev, "test": test, "epoch": summary["best_epoch"]})  # fmt: skip
     summary["elapsed_s"] = round(time.perf_counter() - started, 1)
     return summary
 
@@ -501,8 +522,11 @@ def evaluate_checkpoint(
     examples = []
     for index, (post, encoded) in enumerate(zip(posts, encoder.encode_many([post.words for post in posts]))):
         unused_labels = np.zeros(len(encoded.input_ids), dtype=np.int64)  # decoding needs no gold label ids
+        chars = None
+        if config.char_cnn:
+            chars = char_ids(encoded, post.words, checkpoint.payload["char_vocab"], config.max_word_chars)
         examples.append(Example(encoded.input_ids, encoded.aug_ids, encoded.roles, unused_labels, unused_labels,
-                                list(post.tags[: encoded.n_words]), index))  # fmt: skip
+                                list(post.tags[: encoded.n_words]), index, chars))  # fmt: skip
     trained_with = checkpoint.payload.get("train_args", {})
     # The frozen encoders must be the ones training saw: same architecture, size and (for random weights) seed.
     args = TrainArgs(data_dir=data_path.parent, out_dir=checkpoint_path.parent, images_dir=images_dir,

@@ -106,12 +106,15 @@ def test_objects_are_masked_by_id_zero():
         {"fusion": "objects_only"},
         {"fusion": "image_only"},
         {"aux_task": False},
+        {"char_cnn": True, "char_vocab_size": 30},
     ],
 )
 def test_each_ablation_trains_one_step(overrides):
     config = dataclasses.replace(SMALL, **overrides)
     model = build(config).train()
     inputs = make_inputs(config)
+    if config.char_cnn:
+        inputs["char_ids"] = torch.randint(0, config.char_vocab_size, (3, 9, config.max_word_chars))
     tags = torch.randint(0, config.num_tags, (3, 9))
     aux_tags = torch.randint(0, config.num_aux_tags, (3, 9))
     emissions, aux = model(**inputs)
@@ -257,3 +260,19 @@ def test_paper_preset_counts_match_the_reference_modules():
                   "text_to_objects", "text_to_attended_objects"):  # fmt: skip
         expected[block] = layer
     assert counts == expected
+
+
+def test_char_cnn_needs_char_ids_and_uses_them():
+    config = dataclasses.replace(SMALL, char_cnn=True, char_vocab_size=30)
+    model = build(config)
+    inputs = make_inputs(config)
+    with pytest.raises(ValueError, match="char_ids"):
+        model(**inputs)
+    chars = torch.randint(5, 30, (3, 9, config.max_word_chars))
+    with torch.no_grad():
+        first, _ = model(**inputs, char_ids=chars)
+        second, _ = model(**inputs, char_ids=torch.flip(chars, dims=[-1]))
+    assert not torch.allclose(first[0], second[0])
+    # the reference's char_cnn sizes: embedding V x 128, convolutions 2/3/4 x 32 filters, 96 -> 100 -> H
+    expected = 30 * 128 + sum(128 * 32 * k + 32 for k in (2, 3, 4)) + 96 * 100 + 100 + 100 * 32 + 32
+    assert sum(p.numel() for p in model.char_cnn.parameters()) == expected

@@ -116,6 +116,30 @@ def test_training_with_images_uses_cached_features(tmp_path, corpus):
     assert json.loads(result.output[result.output.index("{"):])["micro"]["f1"] == pytest.approx(summary["test"]["micro"]["f1"])
 
 
+def test_char_cnn_ablation_trains_evaluates_and_refuses_export(tmp_path, corpus):
+    from mner.export.pipeline import export_bundle
+    from mner.train.chars import CLS, CONTINUATION, SEP, char_ids
+
+    summary = train(quick_args(tmp_path, corpus, "chars", epochs=1, model_overrides={**SMALL, "char_cnn": True}))
+    checkpoint = load_checkpoint(tmp_path / "chars" / "best.pt")
+    vocab = checkpoint.payload["char_vocab"]
+    assert checkpoint.config.char_cnn and checkpoint.config.char_vocab_size == 5 + len(vocab)
+    encoded = checkpoint.text_encoder.encode(["Obama", "visits", "Tahoe"])
+    ids = char_ids(encoded, ["Obama", "visits", "Tahoe"], vocab, 12)
+    assert ids[0].tolist() == [CLS] * 12 and ids[-1].tolist() == [SEP] * 12
+    first = encoded.word_positions[0]
+    assert ids[first, :5].tolist() == [vocab[c] for c in "Obama"] and ids[first, 5:].tolist() == [0] * 7
+    continuation = [i for i, role in enumerate(encoded.roles) if role == 2]
+    assert all(ids[i].tolist() == [CONTINUATION] * 12 for i in continuation)
+    result = CliRunner().invoke(eval_command, ["--ckpt", str(tmp_path / "chars" / "best.pt"), "--data",
+                                               str(corpus / "test.txt"), "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output[result.output.index("{"):])["micro"]["f1"] == pytest.approx(summary["test"]["micro"]["f1"])
+    with pytest.raises(ValueError, match="char-CNN ablation"):
+        export_bundle(ckpt=tmp_path / "chars" / "best.pt", out=tmp_path / "bundle", stages="tagger")
+    assert not (tmp_path / "bundle").exists()
+
+
 def test_resume_validation(tmp_path, corpus):
     with pytest.raises(ValueError, match="--resume: .*last.pt does not exist"):
         train(quick_args(tmp_path, corpus, "nothing", resume=True))
