@@ -50,8 +50,7 @@ class Checkpoint:
         return self.model.config
 
     def crf_parameters(self) -> CRFParameters:
-        values = self.model.crf.parameters_numpy()
-        return CRFParameters(start=values["start"], end=values["end"], transitions=values["transitions"])
+        return self.model.crf.host_parameters()
 
 
 def unwrap(model: torch.nn.Module) -> MGCMT:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mner.runtime.decode import CRFParameters
+
 
 class CRF(nn.Module):
     def __init__(self, num_tags: int) -> None:
@@ -72,10 +74,10 @@ class CRF(nn.Module):
             score = torch.where(mask[:, t].unsqueeze(1), next_score, score)
         return torch.logsumexp(score + self.end_transitions, dim=1)
 
-    def parameters_numpy(self) -> dict[str, "numpy.ndarray"]:  # noqa: F821 - numpy only for the annotation
-        """start, end, transitions as float32 numpy arrays (what the host decoder and crf.npz take)."""
-        return {
-            "start": self.start_transitions.detach().cpu().float().numpy().copy(),
-            "end": self.end_transitions.detach().cpu().float().numpy().copy(),
-            "transitions": self.transitions.detach().cpu().float().numpy().copy(),
-        }
+    def host_parameters(self) -> CRFParameters:
+        """start, end, transitions as float32 numpy arrays: what the host decoder and crf.npz take."""
+        return CRFParameters(
+            start=self.start_transitions.detach().cpu().float().numpy().copy(),
+            end=self.end_transitions.detach().cpu().float().numpy().copy(),
+            transitions=self.transitions.detach().cpu().float().numpy().copy(),
+        )

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mner.runtime.decode import CRFParameters, decode_words
+from mner.runtime.decode import decode_words
 from mner.runtime.image import DETECTOR_SIZE
 from mner.runtime.tags import TagScheme
 from mner.runtime.text import TextEncoder, label_ids
@@ -338,7 +338,7 @@ def predict(
     """Word tags for every example, in order (deterministic: eval mode, no sampling)."""
     was_training = model.training
     model.eval()
-    crf = CRFParameters(**{k: v for k, v in model.crf.parameters_numpy().items()})
+    crf = model.crf.host_parameters()
     predictions: list[list[str]] = []
     order = list(range(len(examples)))
     for chunk in tqdm(list(batches(examples, batch_size, order)), desc="decode", disable=not progress, leave=False):
