@@ -54,7 +54,7 @@ class TrainingDefaults:
 # pretrained BERT. The tiny preset learns from scratch, so it needs a much larger step.
 TRAINING_DEFAULTS = {
     "paper": TrainingDefaults(learning_rate=3e-5, batch_size=24, epochs=75),
-    "tiny": TrainingDefaults(learning_rate=1e-3, batch_size=32, epochs=12),
+    "tiny": TrainingDefaults(learning_rate=1e-3, batch_size=32, epochs=10),
 }
 
 

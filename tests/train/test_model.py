@@ -75,6 +75,37 @@ def test_post_without_image_ignores_the_grid_and_has_no_nan():
     torch.testing.assert_close(emissions, other_grid)  # a post without image ignores whatever grid arrives
 
 
+def test_a_training_batch_without_pictures_skips_the_grid_product_exactly(monkeypatch):
+    """The shortcut for all-zero grids gives the same emissions, loss and gradients, bit for bit."""
+    inputs = make_inputs(SMALL)
+    inputs["image_mask"] = torch.zeros(3, dtype=torch.long)
+    tags = torch.randint(1, SMALL.num_tags, (3, 9), generator=torch.Generator().manual_seed(1))
+    aux_tags = torch.randint(0, SMALL.num_aux_tags, (3, 9), generator=torch.Generator().manual_seed(2))
+
+    def step(model):
+        torch.manual_seed(3)  # the same dropout masks in both runs
+        emissions, aux = model(**inputs)
+        loss = model.loss(emissions, aux, tags, aux_tags, inputs["attention_mask"])
+        loss.backward()
+        return emissions.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    shortcut_model = build().train()
+    calls = []
+    original = torch.nn.Linear.forward
+    monkeypatch.setattr(torch.nn.Linear, "forward", lambda self, x: calls.append(x.shape) or original(self, x))
+    shortcut = step(shortcut_model)
+    assert (3, SMALL.grid_cells, SMALL.grid_dim) not in calls  # the (B, 49, 2048) product was skipped
+
+    full_model = build().train()
+    monkeypatch.setattr(MGCMT, "_project_grid", lambda self, linear, grid: linear(grid))
+    full = step(full_model)
+    assert torch.equal(shortcut[0], full[0])
+    assert shortcut[1].keys() == full[1].keys()  # the grid weights get their (zero) gradient either way
+    for name in full[1]:
+        assert torch.equal(shortcut[1][name], full[1][name]), name
+    assert not shortcut[1]["grid_to_text.weight"].any()
+
+
 def test_image_changes_emissions_when_present():
     model = build()
     inputs = make_inputs(SMALL)
