@@ -28,7 +28,7 @@ from mner.export.spec import BuiltStage, StageSpec, TensorSpec
 logger = logging.getLogger(__name__)
 
 EXPORTER = f"torch.onnx.export(dynamo=True), torch {torch.__version__}"
-EXAMPLE_SIZES = {"batch": 2, "sequence": 9}  # > 1, so torch.export does not specialise an axis to size 1
+EXAMPLE_SIZES = {"batch": 2, "sequence": 9, "grid_cells": 7}  # > 1, so torch.export does not specialise an axis to size 1
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.INT64: "int64",
                 onnx.TensorProto.INT32: "int32", onnx.TensorProto.BOOL: "bool"}  # fmt: skip
 

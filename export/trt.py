@@ -6,7 +6,7 @@ built from the mixed-precision ``*.fp16.onnx`` graphs. On TensorRT 10.12+ the sa
 behaviour is asked for with the STRONGLY_TYPED creation flag (11 keeps the flag for
 compatibility and ignores it). Each engine gets one optimisation profile over the
 stage's dynamic axes (batch 1..64, opt 16; sequence 8..128, opt 64, clipped to what
-the model takes). One timing cache is shared by the engines of an export and kept
+the model takes; the tagger's grid cells 1..49, opt 49). One timing cache is shared by the engines of an export and kept
 in the bundle, so a rebuild on the same GPU and TensorRT reuses the measurements.
 
     engines/<gpu>-trt<version>/<stage>.plan        serialized engine

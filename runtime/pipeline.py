@@ -12,7 +12,9 @@ For each batch of posts:
 2. meanwhile the texts are split into words (with character offsets) and word-pieces;
    a post longer than the tagger's window is cut into overlapping windows
    (``runtime.windows``), never truncated;
-3. the tagger runs on the windows, sorted by length and batched;
+3. the tagger runs on the windows, sorted by length and batched, each batch padded to its
+   longest window; a batch without pictures gets one grid cell instead of 49 where the
+   graph takes it (the same emissions: ``mner.export.tagger``);
 4. Viterbi with the allowed-tag mask (a word's first piece only O/B-x/I-x) gives the
    tags, forward-backward under the same mask the marginals, and
    ``runtime.spans`` the entities with offsets into the original text.
@@ -26,8 +28,11 @@ image", never another picture.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -83,6 +88,32 @@ class TagResult:
         if self.image_error is not None:
             out["image_error"] = self.image_error
         return out
+
+
+class StageClock:
+    """Seconds spent per pipeline step, summed since the last ``reset()``.
+
+    Set ``pipeline.clock = StageClock()`` to have a pipeline record its steps: "images"
+    (decode and resize), "detector" and "vision" (their runners, concurrently in two
+    threads), "encode" (word-pieces), "tagger" (its runner) and "decode" (Viterbi and
+    marginals). ``mner-bench`` reads it; a pipeline without a clock pays nothing.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, step: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[step] += time.perf_counter() - started
+
+    def reset(self) -> dict[str, float]:
+        """The seconds so far (a copy), and start again from zero."""
+        seconds, self.seconds = dict(self.seconds), defaultdict(float)
+        return seconds
 
 
 @dataclass
@@ -150,9 +181,13 @@ class Pipeline:
         self.batch_size = batch_size
         self.on_bad_image = on_bad_image
         inputs = {t.name: t for t in tagger.stage.inputs}
-        self._grid_shape = tuple(inputs["grid"].shape[1:])  # (49, 2048)
+        cells, self._grid_dim = inputs["grid"].shape[1:]  # (49, 2048), or ("grid_cells", 2048)
+        # A bundle whose tagger takes fewer grid cells gets one cell for a batch without pictures
+        # (the same emissions: see mner.export.tagger); an older bundle always takes all 49.
+        self._grid_cells = tagger.axis_bounds(cells) if isinstance(cells, str) else (cells, cells)
         self._num_objects = int(inputs["object_ids"].shape[1])
         self._pool: ThreadPoolExecutor | None = None
+        self.clock: StageClock | None = None
         try:
             for runner in self.runners:
                 runner.activate()
@@ -230,6 +265,9 @@ class Pipeline:
     def has_images(self) -> bool:
         return self.detector is not None
 
+    def _step(self, name: str):
+        return self.clock(name) if self.clock is not None else contextlib.nullcontext()
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
@@ -301,7 +339,8 @@ class Pipeline:
             return
         features = self._start_images(items)
         items = [item for item in items if item.result.ok]  # a bad picture may have ended a post
-        self._encode(items)
+        with self._step("encode"):
+            self._encode(items)
         grid, object_ids = features() if features is not None else (None, None)
         self._run_tagger(items, grid, object_ids)
 
@@ -323,8 +362,9 @@ class Pipeline:
             with_image = []
         if not with_image:
             return None
-        batch = preprocess_images([item.image for item in with_image], detector_size=self.detector_size,
-                                  max_pixels=self.max_pixels)  # fmt: skip
+        with self._step("images"):
+            batch = preprocess_images([item.image for item in with_image], detector_size=self.detector_size,
+                                      max_pixels=self.max_pixels)  # fmt: skip
         rows = []
         for row, item in enumerate(with_image):
             if batch.errors[row] is not None:
@@ -350,7 +390,8 @@ class Pipeline:
     def _chunked(self, runner: Runner, name: str, array: np.ndarray) -> dict[str, np.ndarray]:
         """Run a one-input stage over a batch larger than the runner takes."""
         step = min(self.batch_size, runner.axis_bounds("batch")[1])
-        parts = [runner.infer({name: array[i : i + step]}) for i in range(0, len(array), step)]
+        with self._step(runner.stage.name):
+            parts = [runner.infer({name: array[i : i + step]}) for i in range(0, len(array), step)]
         return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
     def _encode(self, items: list[_Item]) -> None:
@@ -380,7 +421,9 @@ class Pipeline:
             arrays = {key: _pad_sequence(batch[key], min_sequence, pad) for key, pad in
                       (("input_ids", self.encoder.pad_id), ("attention_mask", 0), ("aug_ids", 0), ("roles", 0))}  # fmt: skip
             image_mask = np.zeros(len(chunk), dtype=np.int64)
-            chunk_grid = np.zeros((len(chunk), *self._grid_shape), dtype=np.float32)
+            with_picture = any(items[i].image_row is not None for i, _ in chunk)
+            cells = self._grid_cells[1] if with_picture else self._grid_cells[0]
+            chunk_grid = np.zeros((len(chunk), cells, self._grid_dim), dtype=np.float32)
             chunk_objects = np.zeros((len(chunk), self._num_objects), dtype=np.int64)
             for r, (i, _) in enumerate(chunk):
                 image_row = items[i].image_row
@@ -388,11 +431,13 @@ class Pipeline:
                     image_mask[r] = 1
                     chunk_grid[r] = grid[image_row]
                     chunk_objects[r] = object_ids[image_row]
-            emissions = self.tagger.infer({
-                "input_ids": arrays["input_ids"], "attention_mask": arrays["attention_mask"], "aug_ids": arrays["aug_ids"],
-                "grid": chunk_grid, "image_mask": image_mask, "object_ids": chunk_objects,
-            })["emissions"]  # fmt: skip  # (B, L, T)
-            tags, scores = self._decode(emissions, batch["lengths"], arrays["roles"])
+            with self._step("tagger"):
+                emissions = self.tagger.infer({
+                    "input_ids": arrays["input_ids"], "attention_mask": arrays["attention_mask"], "aug_ids": arrays["aug_ids"],
+                    "grid": chunk_grid, "image_mask": image_mask, "object_ids": chunk_objects,
+                })["emissions"]  # fmt: skip  # (B, L, T)
+            with self._step("decode"):
+                tags, scores = self._decode(emissions, batch["lengths"], arrays["roles"])
             for r, row in enumerate(chunk):
                 window_tags[row] = (tags[r], scores[r])
 

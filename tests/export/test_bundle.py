@@ -175,9 +175,10 @@ def test_parity_failure_lists_every_output_and_writes_nothing(small_ckpt, tmp_pa
     with pytest.raises(ParityError) as error:
         export_bundle(ckpt=small_ckpt, out=out, stages="tagger")
     message = str(error.value)
-    assert "9 of 10 parity checks failed" in message  # 9 sizes of emissions; the tag check passed
+    assert "11 of 12 parity checks failed" in message  # 11 sizes of emissions; the tag check passed
     for batch in (1, 3, 17):
         for sequence in (5, 64, 100):
-            assert f"tagger [fp32] batch={batch} sequence={sequence}: emissions max_rel" in message
+            assert f"tagger [fp32] batch={batch} sequence={sequence} grid_cells=49: emissions max_rel" in message
+    assert "tagger [fp32] batch=17 sequence=64 grid_cells=1: emissions max_rel" in message
     assert "limit <= 1e-12" in message
     assert list(tmp_path.iterdir()) == []  # no bundle, no partial directory

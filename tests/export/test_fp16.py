@@ -9,6 +9,7 @@ from mner.export.bundle import read_manifest
 from mner.export.fp16 import Fp16Error, convert_to_fp16
 from mner.export.parity import FP16_TAG_AGREEMENT, cpu_session
 from mner.export.spec import Fp16Policy
+from mner.export.tagger import SPEC as TAGGER
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 
@@ -70,7 +71,7 @@ def test_fp16_graphs_run_on_onnx_runtime_cpu_and_agree(bundle):
     (agreement,) = [c for c in checks if c["metric"] == "word_agreement"]
     assert agreement["limit"] == FP16_TAG_AGREEMENT and agreement["value"] >= FP16_TAG_AGREEMENT
     emissions = [c["value"] for c in checks if c["output"] == "emissions"]
-    assert len(emissions) == 9 and max(emissions) < 1e-2
+    assert len(emissions) == len(TAGGER.parity_sizes) == 11 and max(emissions) < 1e-2
 
 
 def masked_attention_graph(scale: float = 1.0) -> onnx.ModelProto:

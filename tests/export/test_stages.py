@@ -41,7 +41,8 @@ def test_each_stage_exports_a_checked_graph_with_the_declared_interface(bundle, 
 
 def test_declared_shapes_name_the_dynamic_axes(manifest):
     tagger = {t["name"]: t["shape"] for t in manifest["stages"]["tagger"]["inputs"]}
-    assert tagger["input_ids"] == ["batch", "sequence"] and tagger["grid"] == ["batch", 49, 2048]
+    assert tagger["input_ids"] == ["batch", "sequence"] and tagger["grid"] == ["batch", "grid_cells", 2048]
+    assert manifest["stages"]["tagger"]["dynamic_axes"]["grid_cells"] == {"min": 1, "max": 49}
     assert tagger["object_ids"] == ["batch", 5] and tagger["image_mask"] == ["batch"]
     assert manifest["stages"]["tagger"]["outputs"][0]["shape"] == ["batch", "sequence", 13]
     assert manifest["stages"]["vision"]["inputs"][0]["shape"] == ["batch", 3, 224, 224]
@@ -67,7 +68,8 @@ def test_parity_results_are_in_the_manifest(manifest):
     checks = manifest["parity"]["checks"]
     assert manifest["parity"]["passed"] and all(c["passed"] for c in checks)
     tagger_cases = {c["case"] for c in checks if c["stage"] == "tagger" and c["metric"] == "max_rel" and c["precision"] == "fp32"}
-    assert tagger_cases == {f"batch={b} sequence={s}" for b in (1, 3, 17) for s in (5, 64, 100)}
+    assert tagger_cases == {f"batch={b} sequence={s} grid_cells=49" for b in (1, 3, 17) for s in (5, 64, 100)} | {
+        "batch=3 sequence=20 grid_cells=1", "batch=17 sequence=64 grid_cells=1"}
     grid = [c for c in checks if c["stage"] == "vision" and c["precision"] == "fp32"]
     assert grid and all(c["value"] <= 1e-4 for c in grid)
     ids = [c for c in checks if c["output"] == "object_ids" and c["precision"] == "fp32"]
@@ -136,7 +138,20 @@ def test_trt_profiles_clip_to_the_model(sources):
     shapes = profile_shapes(TAGGER, built)
     assert set(shapes) == {"input_ids", "attention_mask", "aug_ids", "grid", "image_mask", "object_ids"}
     assert shapes["input_ids"] == {"min": [1, 8], "opt": [16, 64], "max": [64, 128]}
-    assert shapes["grid"] == {"min": [1, 49, 2048], "opt": [16, 49, 2048], "max": [64, 49, 2048]}
+    assert shapes["grid"] == {"min": [1, 1, 2048], "opt": [16, 49, 2048], "max": [64, 49, 2048]}
     built.axis_bounds["sequence"] = (1, 40)  # a model with 40 positions
     assert profile_shapes(TAGGER, built)["input_ids"] == {"min": [1, 8], "opt": [16, 40], "max": [64, 40]}
     assert engine_dir_name(Gpu("NVIDIA H100 80GB HBM3", "9.0"), "10.13.0.35") == "nvidia-h100-80gb-hbm3-trt10.13.0.35"
+
+
+def test_one_grid_cell_gives_a_post_without_picture_the_same_emissions(bundle, sources):
+    """The runtime sends one cell for a batch without pictures: the graph must agree with all 49."""
+    session = cpu_session(bundle / "tagger.onnx")
+    built = TAGGER.build(sources)
+    inputs = TAGGER.dummy_inputs(built, {"batch": 6, "sequence": 30, "grid_cells": 1}, np.random.default_rng(0))
+    assert not inputs["image_mask"].any()
+    full = dict(inputs, grid=np.zeros((6, 49, 2048), np.float32))
+    one, all_cells = (session.run(["emissions"], feed)[0] for feed in (inputs, full))
+    np.testing.assert_allclose(one, all_cells, rtol=0, atol=1e-5 * np.abs(all_cells).max())
+    reference = built.run(full, TAGGER.input_names)[0]  # PyTorch with all 49 cells, as training ran it
+    np.testing.assert_allclose(one, reference, rtol=0, atol=1e-4 * np.abs(reference).max())

@@ -105,11 +105,11 @@ def fake_pipeline(favour: str | None = None, seed: int = 0, image_hook=None, **o
     zeros = np.zeros(SCHEME.num_tags, np.float32)
     options.setdefault("detector", FakeRunner(detector_stage, detect))
     options.setdefault("vision", FakeRunner(image_stage, vision))
+    options.setdefault("tagger", FakeRunner(tagger_stage(), tag))
     return Pipeline(
         encoder=TextEncoder(bert_tokenizer(VOCAB), {}, max_length=64),
         scheme=SCHEME,
         crf=CRFParameters(zeros, zeros, np.zeros((SCHEME.num_tags,) * 2, np.float32)),
-        tagger=FakeRunner(tagger_stage(), tag),
         object_settings={"score_threshold": 0.5, "iou_threshold": 0.5, "max_objects": 5},
         detector_size=64,
         **options,
@@ -242,3 +242,24 @@ def test_tag_words_keeps_words_as_given():
     results = fake_pipeline("B-LOC").tag_words([["New", "York"], ["bad word"], []])
     assert [e.text for e in results[0].entities] == ["New", "York"] and results[0].entities[1].start == 4
     assert "no whitespace" in results[1].error and results[2].error
+
+
+@pytest.mark.parametrize("dynamic_cells", [True, False])
+def test_a_batch_without_pictures_sends_the_tagger_one_grid_cell_when_the_graph_takes_it(dynamic_cells):
+    seen = []
+    stage = tagger_stage()
+    if dynamic_cells:  # a bundle exported with the dynamic cell axis; an older one has 49 fixed
+        inputs = tuple(TensorInfo("grid", "float32", ("batch", "grid_cells", GRID[1])) if t.name == "grid" else t
+                       for t in stage.inputs)  # fmt: skip
+        stage = StageInfo("tagger", inputs, stage.outputs, {**stage.axes, "grid_cells": (1, GRID[0])})
+    table = np.random.default_rng(0).normal(size=(len(VOCAB), SCHEME.num_tags)).astype(np.float32)
+
+    def tag(feed):
+        seen.append((feed["grid"].shape[1], feed["image_mask"].tolist()))
+        return {"emissions": table[feed["input_ids"]]}
+
+    with fake_pipeline(tagger=FakeRunner(stage, tag), batch_size=2) as pipeline:
+        results = pipeline.tag([Post("abc def"), Post("de fa"), Post("cab", image=jpeg(40, 50, 1)), Post("ab")])
+    assert all(r.ok for r in results)
+    fewest = 1 if dynamic_cells else GRID[0]
+    assert seen == [(fewest, [0, 0]), (GRID[0], [0, 1])]  # per batch of two, sorted by length inside it
