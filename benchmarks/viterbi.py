@@ -37,16 +37,16 @@ TARGET_SPEEDUP_OVER_PYTORCH_CRF = 50.0
 TARGET_SPEEDUP_OVER_NUMPY = 5.0
 
 
-def make_inputs(rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
+def make_inputs(rng: np.random.Generator, batch_size: int, num_tags: int = NUM_TAGS) -> dict[str, np.ndarray]:
     """Random CRF inputs; lengths uniform in [L/4, L] with one full-length sequence, as in a padded batch."""
     lengths = rng.integers(SEQ_LENGTH // 4, SEQ_LENGTH + 1, size=batch_size)
     lengths[0] = SEQ_LENGTH
     return {
-        "emissions": rng.standard_normal((batch_size, SEQ_LENGTH, NUM_TAGS)).astype(np.float32),
+        "emissions": rng.standard_normal((batch_size, SEQ_LENGTH, num_tags)).astype(np.float32),
         "lengths": lengths,
-        "start": rng.standard_normal(NUM_TAGS).astype(np.float32),
-        "end": rng.standard_normal(NUM_TAGS).astype(np.float32),
-        "transitions": rng.standard_normal((NUM_TAGS, NUM_TAGS)).astype(np.float32),
+        "start": rng.standard_normal(num_tags).astype(np.float32),
+        "end": rng.standard_normal(num_tags).astype(np.float32),
+        "transitions": rng.standard_normal((num_tags, num_tags)).astype(np.float32),
     }
 
 
@@ -57,13 +57,14 @@ def pytorch_crf_decoder(inputs: dict[str, np.ndarray]) -> Callable[[], list[list
         import torchcrf
     except ImportError:
         return None
-    crf = torchcrf.CRF(NUM_TAGS, batch_first=True)
+    batch_size, length, num_tags = inputs["emissions"].shape
+    crf = torchcrf.CRF(num_tags, batch_first=True)
     with torch.no_grad():
         crf.start_transitions.copy_(torch.from_numpy(inputs["start"]))
         crf.end_transitions.copy_(torch.from_numpy(inputs["end"]))
         crf.transitions.copy_(torch.from_numpy(inputs["transitions"]))
     emissions = torch.from_numpy(inputs["emissions"])
-    mask = torch.from_numpy(np.arange(SEQ_LENGTH)[None, :] < inputs["lengths"][:, None])
+    mask = torch.from_numpy(np.arange(length)[None, :] < inputs["lengths"][:, None])
 
     def decode() -> list[list[int]]:
         with torch.inference_mode():

@@ -1,0 +1,206 @@
+"""mner-bench: real runs of a small exported bundle, the report's structure, and parity from real tags."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mner.benchmarks import bench
+from mner.benchmarks.cli import bench_command, summary_lines
+from mner.benchmarks.report import PLOTS, write_report
+from mner.export.pipeline import export_bundle
+from mner.export.random_checkpoint import make_random_checkpoint
+from mner.runtime.conll import read_conll
+from mner.runtime.runners import Runner
+from mner.train.sample import write_sample_corpus
+
+SMALL = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+         "augmentation_dim": 16, "vocab_size": 1500}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    corpus = write_sample_corpus(root / "sample", seed=0, sizes={"train": 20, "valid": 4, "test": 14})
+    words = [w for post in read_conll(corpus / "train.txt") for w in post.words]
+    checkpoint = make_random_checkpoint(root / "best.pt", preset="tiny", seed=0, words=words, **SMALL)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        export_bundle(ckpt=checkpoint, out=root / "bundle", vision_arch="resnet50", detector_size=128, seed=0)
+    finally:
+        torch.set_num_threads(threads)
+    return {"bundle": root / "bundle", "checkpoint": checkpoint, "corpus": corpus, "root": root}
+
+
+def workload(exported, limit=None):
+    posts, _ = bench.load_workload(exported["corpus"] / "test.txt", exported["corpus"] / "images", limit, exported["root"])
+    return posts
+
+
+class NoisyTagger(Runner):
+    """The tagger with noise added to its emissions: a deliberately wrong backend."""
+
+    def __init__(self, inner: Runner, scale: float) -> None:
+        super().__init__(inner.stage)
+        self.inner, self.scale, self.rng = inner, scale, np.random.default_rng(0)
+
+    def _activate(self):
+        self.inner.activate()
+
+    def _deactivate(self):
+        self.inner.deactivate()
+
+    def _infer(self, feed):
+        emissions = self.inner.infer(feed)["emissions"]
+        return {"emissions": (emissions + self.scale * self.rng.standard_normal(emissions.shape)).astype(np.float32)}
+
+
+def measured_in_this_process(exported, noise: float = 0.0):
+    """A `measure` for run_bench that runs the worker here, with the ort tagger perturbed by `noise`."""
+
+    def measure(job, scratch):
+        if job["backend"] != "ort" or noise == 0.0:
+            return bench.run_worker(job)
+        spec = bench.BACKENDS["ort"]
+        posts = [bench.BenchPost(**post) for post in job["posts"]]
+        pictures = {p.image: Path(p.image).read_bytes() for p in posts if p.image}
+        with bench.open_pipeline(Path(job["bundle"]), spec, checkpoint=None, device="cpu", threads=1) as pipeline:
+            pipeline.tagger = NoisyTagger(pipeline.tagger, noise).activate()
+            runs = [bench.measure_pipeline(pipeline, posts, size, warmup=job["warmup"], min_batches=job["min_batches"],
+                                           pictures=pictures) for size in job["batch_sizes"]]  # fmt: skip
+        return {"backend": "ort", "load_s": 0.0, "peak_rss_mib": 0.0, "gpu_memory": None, "runs": runs}
+
+    return measure
+
+
+def test_measure_pipeline_times_every_batch_and_step_and_keeps_the_first_pass_tags(exported):
+    posts = workload(exported)
+    with bench.open_pipeline(exported["bundle"], bench.BACKENDS["ort"], checkpoint=None, device="cpu", threads=1) as pipeline:
+        pictures = {p.image: Path(p.image).read_bytes() for p in posts if p.image}
+        run = bench.measure_pipeline(pipeline, posts, 4, warmup=1, min_batches=6, pictures=pictures)
+        expected = [r.tags for r in pipeline.tag_words([p.words for p in posts], [pictures.get(p.image) for p in posts])]
+    passes = 2  # 14 posts in batches of 4 = 4 batches a pass; 6 timed batches need two passes
+    assert len(run["e2e_s"]) == 4 * passes and run["posts"] == [4, 4, 4, 2] * passes
+    assert run["tags"] == expected  # one pass's tags, in post order
+    assert all(len(values) == len(run["e2e_s"]) for values in run["steps_s"].values())
+    assert sum(run["steps_s"]["tagger"]) > 0 and sum(run["steps_s"]["decode"]) > 0
+    assert any(p.image for p in posts) and sum(run["steps_s"]["vision"]) > 0 and sum(run["steps_s"]["detector"]) > 0
+    for total, steps in zip(run["e2e_s"], zip(*(run["steps_s"][s] for s in ("images", "encode", "tagger", "decode")))):
+        assert sum(steps) <= total  # these steps run one after another inside the batch's wall time
+    assert pipeline.clock is None  # the clock is taken off again
+
+
+def test_window_padding_gives_the_reference_tags(exported):
+    posts = workload(exported)
+    runs = {}
+    for name in ("torch", "torch-longest"):
+        with bench.open_pipeline(exported["bundle"], bench.BACKENDS[name], checkpoint=exported["checkpoint"],
+                                 device="cpu", threads=1) as pipeline:  # fmt: skip
+            runs[name] = bench.measure_pipeline(pipeline, posts, 8, warmup=0, min_batches=1)
+            if name == "torch":
+                assert isinstance(pipeline.tagger, bench.WindowPaddedTagger)
+    # Padding to the window is masked out: the same tags as padding to the longest post.
+    result = bench.agreement(runs["torch"]["tags"], runs["torch-longest"]["tags"])
+    assert result["word_agreement"] == 1.0 and result["posts_compared"] == len(posts)
+
+
+def test_report_from_real_workers_has_every_part(exported, tmp_path):
+    lines = []
+    report = bench.run_bench(exported["bundle"], ["torch", "ort"], [1, 8], checkpoint=exported["checkpoint"],
+                             data=exported["corpus"] / "test.txt", images_dir=exported["corpus"] / "images",
+                             threads=1, warmup=1, min_batches=3, command="mner-bench --test", echo=lines.append)  # fmt: skip
+    paths = write_report(report, tmp_path / "out")
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"report.json", "report.md", *PLOTS.values()}
+    for name in PLOTS.values():
+        assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads(paths["json"].read_text())
+    assert saved["command"] == "mner-bench --test" and saved["reference"] == "torch" and saved["started"] <= saved["created"]
+    assert saved["workload"]["posts"] == 14 and saved["workload"]["with_pictures"] > 0
+    assert saved["machine"]["cpu"] and saved["machine"]["packages"]["numpy"] != "not installed"
+    for name in ("torch", "ort"):
+        backend = saved["backends"][name]
+        assert backend["load_s"] > 0 and backend["peak_rss_mib"] > 50
+        for size in ("1", "8"):
+            run = backend["batches"][size]
+            latency = run["latency_ms"]
+            assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]
+            assert run["posts"] >= 14 and run["throughput_posts_s"] > 0 and run["tagger_posts_s"] > 0
+            assert set(run["steps_ms"]) >= {"tagger", "decode", "encode", "vision", "detector", "images"}
+            assert 0.0 <= run["parity"]["f1"] <= 1.0
+    # torch against itself is exact; ORT against torch agrees on (nearly) every word.
+    assert saved["backends"]["torch"]["batches"]["8"]["parity"]["word_agreement"] == 1.0
+    assert saved["backends"]["ort"]["batches"]["8"]["parity"]["word_agreement"] >= 0.98
+    assert [row["batch_size"] for row in saved["targets"]] == [8, 8]
+    assert all(row["measured"] > 0 for row in saved["targets"])
+    assert set(saved["decode"]["ms"]) == {"1", "8"} and saved["decode"]["ms"]["8"]["mner"] > 0
+    text = paths["markdown"].read_text()
+    for heading in ("## Machine", "## Targets", "## Latency and throughput", "## Parity", "## Load time and memory",
+                    "## CRF decoding"):  # fmt: skip
+        assert heading in text
+    assert any("measuring torch" in line for line in lines)
+    assert summary_lines(saved) and all("posts/s" in line for line in summary_lines(saved)[:2])
+
+
+def test_a_perturbed_backend_shows_in_the_parity_numbers(exported, tmp_path):
+    common = dict(checkpoint=exported["checkpoint"], data=exported["corpus"] / "test.txt", threads=1, warmup=0,
+                  min_batches=1)  # fmt: skip
+    honest = bench.run_bench(exported["bundle"], ["torch", "ort"], [8], measure=measured_in_this_process(exported),
+                             echo=lambda line: None, **common)  # fmt: skip
+    noisy = bench.run_bench(exported["bundle"], ["torch", "ort"], [8], echo=lambda line: None,
+                            measure=measured_in_this_process(exported, noise=5.0), **common)  # fmt: skip
+    honest_parity = honest["backends"]["ort"]["batches"]["8"]["parity"]
+    noisy_parity = noisy["backends"]["ort"]["batches"]["8"]["parity"]
+    assert honest_parity["word_agreement"] >= 0.98
+    assert noisy_parity["word_agreement"] < 0.9 and noisy_parity["posts_differing"] > 0
+    assert noisy_parity["words"] == honest_parity["words"] == sum(len(p.words) for p in workload(exported))
+    assert "word agreement" in write_report(noisy, tmp_path)["markdown"].read_text()
+
+
+def test_agreement_counts_words_and_skips_refused_posts():
+    reference = [["B-PER", "O"], ["O"], None]
+    assert bench.agreement(reference, [["B-PER", "O"], ["B-LOC"], ["O"]]) == {
+        "word_agreement": 2 / 3, "words": 3, "posts_compared": 2, "posts_differing": 1}
+    with pytest.raises(ValueError, match="tagged 3 and 2 posts"):
+        bench.agreement(reference, [["O"], ["O"]])
+
+
+def test_targets_say_met_or_missed_from_the_two_backends():
+    def report(ort_tagger, ort_e2e):
+        run = lambda tagger, e2e: {"batches": {"8": {"tagger_posts_s": tagger, "throughput_posts_s": e2e}}}  # noqa: E731
+        return {"backends": {"torch": run(10.0, 10.0), "ort": run(ort_tagger, ort_e2e)}}
+
+    rows = bench.targets(report(25.0, 12.0))
+    assert [(row["measured"], row["met"]) for row in rows] == [(2.5, True), (1.2, False)]
+    assert bench.targets({"backends": {"ort": {"batches": {"8": {}}}}}) == []  # no reference, no targets
+
+
+def test_bad_requests_are_named_before_anything_runs(exported, tmp_path):
+    problems = bench.check_request(tmp_path, ["torch", "onnx", "trt"], [0, 8], "cpu", None)
+    text = "; ".join(problems)
+    assert "not an mner bundle" in text and "unknown backends ['onnx']" in text and "batch sizes must be >= 1" in text
+    assert "pass --checkpoint" in text
+    assert "--device cuda" in "; ".join(bench.check_request(exported["bundle"], ["torch-fp16"], [8], "cpu", exported["checkpoint"]))
+    assert bench.check_request(exported["bundle"], ["ort", "torch"], [1], "cpu", exported["checkpoint"]) == []
+
+
+def test_cli_errors_are_one_clear_line(exported, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(bench_command, ["--engine", str(exported["bundle"]), "--backends", "torch"])
+    assert result.exit_code != 0 and "pass --checkpoint" in result.output
+    result = runner.invoke(bench_command, ["--engine", str(exported["bundle"]), "--batch-sizes", "1,x"])
+    assert result.exit_code != 0 and "comma-separated ints" in result.output
+    wrong = make_random_checkpoint(tmp_path / "other.pt", preset="tiny", seed=1, **SMALL)
+    result = runner.invoke(bench_command, ["--engine", str(exported["bundle"]), "--backends", "torch", "--checkpoint",
+                                           str(wrong), "--max-posts", "2", "--out", str(tmp_path / "r")])  # fmt: skip
+    assert result.exit_code != 0 and "the bundle was exported from" in result.output  # the worker's error, passed on
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_backend_the_bundle_cannot_serve_fails_with_the_reason(exported):
+    with pytest.raises(RuntimeError, match="ort-fp16.*fp16"):
+        bench.run_bench(exported["bundle"], ["ort-fp16"], [1], max_posts=2, warmup=0, min_batches=1,
+                        echo=lambda line: None)  # fmt: skip
