@@ -25,8 +25,8 @@ def _csv(kind: type):
     return parse
 
 
-def summary_lines(report: Mapping[str, Any]) -> list[str]:
-    """A few lines: throughput per backend and batch size, agreement, the targets."""
+def summary_lines(report: Mapping[str, Any], targets: bool = True) -> list[str]:
+    """A few lines: throughput per backend and batch size, agreement, and (``targets``) the CPU targets."""
     lines = []
     for name, backend in report["backends"].items():
         cells = []
@@ -35,7 +35,7 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
             cells.append(f"B={size} {run['throughput_posts_s']:.1f} posts/s (p50 {run['latency_ms']['p50']:.1f} ms"
                          + (f", {100 * agree:.2f} % agreement" if agree is not None else "") + ")")  # fmt: skip
         lines.append(f"  {name:14s} load {backend['load_s']:.1f} s; " + "; ".join(cells))
-    for row in report["targets"]:
+    for row in report["targets"] if targets else []:
         verdict = "met" if row["met"] else "MISSED"
         lines.append(f"  target: {row['what']} >= {row['target']:.1f}x at B={row['batch_size']}: "
                      f"{row['measured']:.2f}x ({verdict})")  # fmt: skip

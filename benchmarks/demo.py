@@ -6,7 +6,8 @@
 2. trains the ``tiny`` preset on it (CPU), pictures included;
 3. exports it to an ONNX bundle (parity-checked against PyTorch);
 4. tags the sample's test posts with the torch-free ORT runtime and prints a few;
-5. prints a short benchmark summary and where every output went.
+5. measures the ORT runtime against the PyTorch reference (``mner-bench``'s code, at a
+   small size) and prints a summary and where every output went.
 
 A second run reuses what exists (corpus, best.pt, bundle). To fit in minutes on two
 cores the demo's frozen encoders are a ResNet-50 grid and a 256-pixel detector, with
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 logger = logging.getLogger("mner.demo")
 
@@ -46,7 +46,6 @@ def run_demo(
     from mner.export.pipeline import export_bundle
     from mner.runtime import Pipeline, Post
     from mner.runtime.conll import read_conll
-    from mner.runtime.viterbi import native_available, viterbi_decode
     from mner.train.sample import write_sample_corpus
     from mner.train.trainer import TrainArgs, train
 
@@ -112,18 +111,16 @@ def run_demo(
     metrics = evaluate_entities(gold, predicted)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
-    # A short benchmark: the runtime end to end, and the native Viterbi against the numpy fallback.
-    rng = np.random.default_rng(0)
-    emissions = rng.standard_normal((32, 64, 13), dtype=np.float32)
-    lengths = rng.integers(16, 65, size=32)
-    crf = [rng.standard_normal(13, dtype=np.float32), rng.standard_normal(13, dtype=np.float32),
-           rng.standard_normal((13, 13), dtype=np.float32)]  # fmt: skip
-    decode_ms = {}
-    for backend in ("native", "numpy") if native_available() else ("numpy",):
-        started = time.perf_counter()
-        for _ in range(50):
-            viterbi_decode(emissions, lengths, *crf, backend=backend)
-        decode_ms[backend] = (time.perf_counter() - started) / 50 * 1e3
+    # The benchmark: mner-bench's measurements at a small size, ORT against the PyTorch reference.
+    from mner.benchmarks.bench import run_bench
+    from mner.benchmarks.cli import summary_lines
+    from mner.benchmarks.report import write_report
+
+    started = time.perf_counter()
+    report = run_bench(bundle, ["torch", "ort"], [1, 8], data=corpus / "test.txt", images_dir=images, checkpoint=best,
+                       warmup=1, min_batches=3, command="python -m mner.benchmarks.demo", echo=lambda line: None)  # fmt: skip
+    report_paths = write_report(report, out_dir / "bench")
+    _stage(timings, "bench", started)
 
     echo("[4/4 bench]  summary")
     micro = metrics["micro"]
@@ -132,9 +129,13 @@ def run_demo(
     with_pictures = sum(r.image is not None for r in requests)
     echo(f"  runtime: {len(requests)} posts ({with_pictures} with pictures) in {tag_seconds:.2f} s = "
          f"{len(requests) / tag_seconds:.1f} posts/s on CPU, batch 8; bundle load {load_seconds:.2f} s")  # fmt: skip
-    if "native" in decode_ms:
-        echo(f"  Viterbi, B=32 L=64 T=13: native {decode_ms['native']:.3f} ms, numpy {decode_ms['numpy']:.3f} ms "
-             f"({decode_ms['numpy'] / decode_ms['native']:.0f}x)")  # fmt: skip
+    echo(f"  mner-bench, the ORT runtime against the PyTorch reference on these posts ({out_dir / 'bench'}/):")
+    for line in summary_lines(report, targets=False):  # the targets are for text-only TWITTER-2017 posts
+        echo("  " + line)
+    decode = report["decode"]["ms"]["8"]
+    if "pytorch-crf" in decode:
+        echo(f"    CRF decoding, B=8 L=64: mner {decode['mner']:.3f} ms, pytorch-crf {decode['pytorch-crf']:.3f} ms "
+             f"({decode['pytorch-crf'] / decode['mner']:.0f}x)")  # fmt: skip
     echo("  time: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items()))
     echo("Outputs:")
     echo(f"  sample corpus  {corpus}/{{train,valid,test}}.txt and {images}/")
@@ -142,7 +143,9 @@ def run_demo(
     echo(f"  bundle         {bundle}/ (manifest.json, *.onnx, tokenizer/, crf.npz)")
     echo(f"  tagged posts   {out_dir / 'tagged.jsonl'}")
     echo(f"  metrics        {out_dir / 'metrics.json'}")
-    return {"metrics": metrics, "timings": timings, "results": records, "decode_ms": decode_ms}
+    echo(f"  bench report   {report_paths['markdown']} (+ report.json, {report_paths['latency'].name}, "
+         f"{report_paths['throughput'].name})")  # fmt: skip
+    return {"metrics": metrics, "timings": timings, "results": records, "bench": report}
 
 
 @click.command()

@@ -31,3 +31,6 @@ def test_demo_chain_runs_and_a_second_run_reuses_its_outputs(tmp_path):
     assert any("reusing" in line for line in again) and not any("reusing" in line for line in lines)
     assert second["metrics"] == first["metrics"]  # same bundle, same deterministic tags
     assert any("posts/s" in line for line in lines)
+    bench = json.loads((tmp_path / "bench" / "report.json").read_text())  # mner-bench's report, ORT vs the reference
+    assert set(bench["backends"]) == {"torch", "ort"} and bench["workload"]["posts"] == sizes["test"]
+    assert any("torch" in line and "load" in line for line in lines)
