@@ -113,6 +113,8 @@ def train_command(describe: bool, verbose: bool, augmentation, fusion, no_aux_ta
         summary = train(TrainArgs(model_overrides=overrides, **options))
     except ValueError as error:
         raise click.ClickException(str(error)) from error
+    if summary["rank"] != 0:  # under torchrun, rank 0 evaluates, saves and reports
+        return
     click.echo(f"best.pt: {options['out_dir'] / 'best.pt'} (epoch {summary['best_epoch']})")
     click.echo(f"dev  F1 {summary['dev']['micro']['f1']:.4f}")
     click.echo(f"test F1 {summary['test']['micro']['f1']:.4f}")

@@ -500,6 +500,10 @@ def train(args: TrainArgs) -> dict[str, Any]:
         save_checkpoint(best_path, best.model, scheme, encoder, train_args=args.to_payload(), data_hashes=data_hashes,
                         char_vocab=char_vocab, metrics={"dev": dev, "test": test, "epoch": summary["best_epoch"]})  # fmt: skip
     summary["elapsed_s"] = round(time.perf_counter() - started, 1)
+    summary["rank"] = rank
+    if world > 1:
+        torch.distributed.barrier()  # the other ranks wait for rank 0's test evaluation
+        torch.distributed.destroy_process_group()
     return summary
 
 
