@@ -74,20 +74,25 @@ import logging
 import os
 import shutil
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from mner.runtime.bundle import MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION, MANIFEST_NAME, sha256_file
+from mner.runtime.bundle import (
+    MANIFEST_FORMAT,
+    MANIFEST_FORMAT_VERSION,
+    MANIFEST_NAME,
+    BundleError,
+    check_files,
+    read_manifest,
+    sha256_file,
+)
 
 logger = logging.getLogger(__name__)
 
-# The format is defined once, by the runtime's reader; the writer follows it.
+# The format is defined once, by the runtime's reader; the writer follows it, and checks what
+# it wrote with the reader's own functions (one BundleError, one wording for every problem).
 __all__ = ["MANIFEST_FORMAT", "MANIFEST_FORMAT_VERSION", "MANIFEST_NAME", "BundleError", "BundleWriter",
            "check_destination", "read_manifest", "sha256_file", "verify_bundle"]
-
-
-class BundleError(ValueError):
-    """A bundle cannot be written where asked, or a written one does not verify."""
 
 
 def check_destination(out: Path, overwrite: bool) -> None:
@@ -148,56 +153,15 @@ class BundleWriter:
         return self.out
 
 
-def read_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
-    """manifest.json of a bundle, with its format checked (files are not hashed: see verify_bundle)."""
-    path = Path(bundle) / MANIFEST_NAME
-    if not path.is_file():
-        raise BundleError(f"{Path(bundle)} is not an mner bundle: {MANIFEST_NAME} is missing")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BundleError(f"{path} is not valid JSON: {error}") from error
-    found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-    if found != MANIFEST_FORMAT:
-        raise BundleError(f"{path} is not an mner bundle manifest (format {found!r}, expected {MANIFEST_FORMAT!r})")
-    if manifest.get("format_version") != MANIFEST_FORMAT_VERSION:
-        raise BundleError(
-            f"{path} has format_version {manifest.get('format_version')!r}; this mner reads {MANIFEST_FORMAT_VERSION}: "
-            "re-export the bundle with this version of mner-export"
-        )
-    return manifest
-
-
 def verify_bundle(bundle: str | os.PathLike) -> dict[str, Any]:
-    """The manifest, after checking that every file is present, listed and has the recorded sha256.
+    """The manifest, after checking that every file is present, listed and has the recorded size and sha256.
 
-    Raises BundleError naming every missing, changed or unlisted file.
+    Raises BundleError naming every missing, changed or unlisted file (the runtime's check).
     """
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
-    listed = manifest.get("files")
-    if not isinstance(listed, dict):
-        raise BundleError(f"{bundle / MANIFEST_NAME} has no 'files' table")
-    problems = []
-    for name, entry in sorted(listed.items()):
-        if not _is_safe(name):
-            problems.append(f"{name}: not a relative path inside the bundle")
-            continue
-        path = bundle / name
-        if not path.is_file():
-            problems.append(f"{name}: missing")
-        elif path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
-            problems.append(f"{name}: contents differ from the manifest (sha256 {sha256_file(path)}, recorded {entry.get('sha256')})")
-    on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} - {MANIFEST_NAME}
-    problems += [f"{name}: not listed in the manifest" for name in sorted(on_disk - set(listed))]
-    if problems:
-        raise BundleError(f"bundle {bundle} does not verify; re-export it:\n  " + "\n  ".join(problems))
+    check_files(bundle, manifest)
     return manifest
-
-
-def _is_safe(name: str) -> bool:
-    path = PurePosixPath(name)
-    return not path.is_absolute() and ".." not in path.parts and "\\" not in name
 
 
 def _check_references(manifest: dict[str, Any], files: dict[str, Any]) -> None:
