@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -28,6 +27,7 @@ from mner.runtime.bundle import Bundle, BundleError, sha256_file
 from mner.runtime.cli import tag_command
 from mner.runtime.conll import evaluate_entities, read_conll
 from mner.runtime.pipeline import Pipeline, Post
+from runtime_samples import jpeg, png_header_claiming
 
 torch = pytest.importorskip("torch", reason="the bundle is exported with torch")
 
@@ -37,17 +37,6 @@ SMALL = {"vocab_size": 2000, "hidden_size": 32, "num_hidden_layers": 1, "num_att
          "intermediate_size": 64, "augmentation_dim": 16}  # fmt: skip
 
 
-def jpeg(height: int, width: int, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    picture = (rng.random((height, width, 3)) * 255).astype(np.uint8)
-    picture[: height // 2, : width // 3] = rng.integers(0, 256, size=3, dtype=np.uint8)
-    return cv2.imencode(".jpg", picture)[1].tobytes()
-
-
-def png_header_claiming(width: int, height: int) -> bytes:
-    """The first bytes of a PNG whose header claims a huge canvas (a decompression bomb's)."""
-    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + len(ihdr).to_bytes(4, "big") + b"IHDR" + ihdr + b"\0" * 4
 
 
 

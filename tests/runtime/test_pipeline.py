@@ -18,19 +18,9 @@ from mner.runtime.pipeline import Pipeline, Post
 from mner.runtime.runners import Runner
 from mner.runtime.tags import TagScheme
 from mner.runtime.text import SPECIAL_TOKENS, TextEncoder, bert_tokenizer
+from runtime_samples import jpeg, png_header_claiming
 
 
-def jpeg(height: int, width: int, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    picture = (rng.random((height, width, 3)) * 255).astype(np.uint8)
-    picture[: height // 2, : width // 3] = rng.integers(0, 256, size=3, dtype=np.uint8)
-    return cv2.imencode(".jpg", picture)[1].tobytes()
-
-
-def png_header_claiming(width: int, height: int) -> bytes:
-    """The first bytes of a PNG whose header claims a huge canvas (a decompression bomb's)."""
-    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + len(ihdr).to_bytes(4, "big") + b"IHDR" + ihdr + b"\0" * 4
 
 
 # --------------------------------------------------------------------------- fake runners

@@ -4,10 +4,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
 
 from mner.runtime.bundle import BundleError, StageInfo, TensorInfo
 from mner.runtime.runners import OrtRunner, Runner, TorchRunner, check_feed, profile_axes
+from runtime_samples import toy_graph
 
 STAGE = StageInfo(
     "toy",
@@ -19,22 +19,7 @@ STAGE = StageInfo(
 
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
-    """y = 2x, next_ids = ids + 1, with symbolic batch and sequence axes."""
-    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
-    one = helper.make_tensor("one", TensorProto.INT64, [], [1])
-    model = helper.make_model(
-        helper.make_graph(
-            [helper.make_node("Mul", ["x", "two"], ["y"]), helper.make_node("Add", ["ids", "one"], ["next_ids"])],
-            "toy",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3]),
-             helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "sequence"])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3]),
-             helper.make_tensor_value_info("next_ids", TensorProto.INT64, ["batch", "sequence"])],
-            initializer=[two, one],
-        ),  # fmt: skip
-        opset_imports=[helper.make_opsetid("", 18)],
-    )
-    onnx.checker.check_model(model)
+    model = toy_graph()
     path = tmp_path_factory.mktemp("graph") / "toy.onnx"
     onnx.save(model, str(path))
     return path

@@ -10,10 +10,10 @@ trt = pytest.importorskip(
 )
 
 import onnx  # noqa: E402
-from onnx import TensorProto, helper  # noqa: E402
 
 from mner.runtime.bundle import StageInfo, TensorInfo  # noqa: E402
 from mner.runtime.runners import OrtRunner, TrtRunner, _cudart, tensorrt_machine  # noqa: E402
+from runtime_samples import toy_graph  # noqa: E402
 
 
 def _gpus() -> int:
@@ -38,20 +38,7 @@ PROFILES = [{"x": {"min": [1, 3], "opt": [4, 3], "max": [8, 3]},
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
-    one = helper.make_tensor("one", TensorProto.INT64, [], [1])
-    model = helper.make_model(
-        helper.make_graph(
-            [helper.make_node("Mul", ["x", "two"], ["y"]), helper.make_node("Add", ["ids", "one"], ["next_ids"])],
-            "toy",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3]),
-             helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "sequence"])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3]),
-             helper.make_tensor_value_info("next_ids", TensorProto.INT64, ["batch", "sequence"])],
-            initializer=[two, one],
-        ),  # fmt: skip
-        opset_imports=[helper.make_opsetid("", 18)],
-    )
+    model = toy_graph()
     directory = tmp_path_factory.mktemp("trt")
     onnx.save(model, str(directory / "toy.onnx"))
     logger = trt.Logger(trt.Logger.WARNING)
