@@ -65,7 +65,9 @@ def write_plots(report: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
     for name, backend in backends.items():
         sizes = sorted(int(size) for size in backend["batches"])
         axis.plot(sizes, [backend["batches"][str(s)]["throughput_posts_s"] for s in sizes], marker="o", label=name)
+    every_size = sorted({int(size) for backend in backends.values() for size in backend["batches"]})
     axis.set_xscale("log", base=2)
+    axis.set_xticks(every_size, [str(size) for size in every_size])
     axis.set_xlabel("batch size (posts)")
     axis.set_ylabel("posts / s, end to end")
     axis.set_title("Throughput")
