@@ -324,10 +324,10 @@ def run_in_process(job: dict[str, Any], scratch: Path, python: str = sys.executa
 
 
 def summarise_run(run: Mapping[str, Any]) -> dict[str, Any]:
-    """Percentiles, throughput and mean step times of one (backend, batch size)."""
+    """Percentiles (end to end and per step), throughput and mean step times of one (backend, batch size)."""
     e2e = np.asarray(run["e2e_s"])
     posts = int(np.sum(run["posts"]))
-    steps = {step: float(np.mean(values)) * 1e3 for step, values in run["steps_s"].items() if np.sum(values) > 0}
+    timed = {step: np.asarray(values) * 1e3 for step, values in run["steps_s"].items() if np.sum(values) > 0}
     tagger = float(np.sum(run["steps_s"]["tagger"]))
     return {
         "batches": len(e2e),
@@ -335,7 +335,9 @@ def summarise_run(run: Mapping[str, Any]) -> dict[str, Any]:
         "latency_ms": {"mean": float(e2e.mean() * 1e3), **{f"p{p}": float(np.percentile(e2e, p) * 1e3) for p in PERCENTILES}},
         "throughput_posts_s": posts / float(e2e.sum()),
         "tagger_posts_s": posts / tagger if tagger > 0 else None,
-        "steps_ms": steps,
+        "steps_ms": {step: float(values.mean()) for step, values in timed.items()},
+        "steps_percentiles_ms": {step: {f"p{p}": float(np.percentile(values, p)) for p in PERCENTILES}
+                                 for step, values in timed.items()},  # fmt: skip
         "errors": run["errors"],
     }
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from mner.benchmarks.bench import STEPS
+from mner.benchmarks.bench import PERCENTILES, STEPS
 
 PLOTS = {"latency": "latency_steps.png", "throughput": "throughput.png"}
 
@@ -150,6 +150,14 @@ def markdown(report: Mapping[str, Any], notes: str | None = None) -> str:
         for size, run in backend["batches"].items():
             cells = " | ".join(_num(run["steps_ms"].get(step), 2) for step in steps)
             lines.append(f"| {name} | {size} | {cells} | {_num(run['latency_ms']['mean'], 2)} |")
+    lines += ["", "## Time per batch by step, p50 / p90 / p99 ms", "",
+              "| backend | batch | " + " | ".join(steps) + " |", "|---|---:|" + "---:|" * len(steps)]  # fmt: skip
+    for name, backend in report["backends"].items():
+        for size, run in backend["batches"].items():
+            spread = run["steps_percentiles_ms"]
+            cells = " | ".join(" / ".join(_num(spread[step][f"p{p}"], 2) for p in PERCENTILES) if step in spread else "n/a"
+                               for step in steps)  # fmt: skip
+            lines.append(f"| {name} | {size} | {cells} |")
     lines += ["", "## Parity", ""]
     reference = report["reference"]
     if reference is None:

@@ -130,6 +130,8 @@ def test_report_from_real_workers_has_every_part(exported, tmp_path):
             assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]
             assert run["posts"] >= 14 and run["throughput_posts_s"] > 0 and run["tagger_posts_s"] > 0
             assert set(run["steps_ms"]) >= {"tagger", "decode", "encode", "vision", "detector", "images"}
+            tagger = run["steps_percentiles_ms"]["tagger"]
+            assert set(run["steps_percentiles_ms"]) == set(run["steps_ms"]) and 0 < tagger["p50"] <= tagger["p99"]
             assert 0.0 <= run["parity"]["f1"] <= 1.0
     # torch against itself is exact; ORT against torch agrees on (nearly) every word.
     assert saved["backends"]["torch"]["batches"]["8"]["parity"]["word_agreement"] == 1.0
@@ -139,7 +141,7 @@ def test_report_from_real_workers_has_every_part(exported, tmp_path):
     assert set(saved["decode"]["ms"]) == {"1", "8"} and saved["decode"]["ms"]["8"]["mner"] > 0
     text = paths["markdown"].read_text()
     for heading in ("## Machine", "## Targets", "## Latency and throughput", "## Parity", "## Load time and memory",
-                    "## CRF decoding"):  # fmt: skip
+                    "## CRF decoding", "## Time per batch by step, p50 / p90 / p99 ms"):  # fmt: skip
         assert heading in text
     assert any("measuring torch" in line for line in lines)
     assert summary_lines(saved) and all("posts/s" in line for line in summary_lines(saved)[:2])
