@@ -31,9 +31,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from mner.runtime.bundle import Bundle, StageInfo
+from mner.benchmarks.machine import machine_facts
+from mner.runtime.bundle import MANIFEST_NAME, Bundle
 from mner.runtime.conll import evaluate_entities, read_conll
-from mner.runtime.pipeline import Pipeline, StageClock
+from mner.runtime.pipeline import Pipeline, StageClock, grid_cell_bounds
 from mner.runtime.runners import Runner
 
 WORKER_ERROR = "mner-bench worker error: "
@@ -124,8 +125,7 @@ class WindowPaddedTagger(Runner):
         super().__init__(inner.stage)
         self.inner, self.length, self.pad_id = inner, length, pad_id
         self.backend = inner.backend
-        cells = next(t for t in inner.stage.inputs if t.name == "grid").shape[1]
-        self.cells = inner.axis_bounds(cells)[1] if isinstance(cells, str) else cells
+        self.cells = grid_cell_bounds(inner)[1]
 
     def _activate(self) -> None:
         self.inner.activate()
@@ -399,10 +399,6 @@ def bundle_facts(bundle_path: Path) -> dict[str, Any]:
     }
 
 
-def stage_info(bundle_path: Path, name: str) -> StageInfo:
-    return Bundle.open(bundle_path, verify=False).stages[name]
-
-
 def run_bench(
     bundle: Path,
     backends: Sequence[str],
@@ -423,8 +419,6 @@ def run_bench(
     measure: Callable[[dict[str, Any], Path], dict[str, Any]] = run_in_process,
 ) -> dict[str, Any]:
     """Measure every backend and return the report (``report.write_report`` writes it)."""
-    from mner.benchmarks.machine import machine_facts  # noqa: PLC0415
-
     problems = check_request(bundle, backends, batch_sizes, device, checkpoint)
     if problems:
         raise ValueError("; ".join(problems))
@@ -460,8 +454,8 @@ def check_request(bundle: Path, backends: Sequence[str], batch_sizes: Sequence[i
                   checkpoint: Path | None) -> list[str]:  # fmt: skip
     """Every problem with a request, before anything is measured."""
     problems = []
-    if not (Path(bundle) / "manifest.json").is_file():
-        problems.append(f"--engine {bundle}: not an mner bundle (no manifest.json); write one with mner-export")
+    if not (Path(bundle) / MANIFEST_NAME).is_file():
+        problems.append(f"--engine {bundle}: not an mner bundle (no {MANIFEST_NAME}); write one with mner-export")
     unknown = [name for name in backends if name not in BACKENDS]
     if unknown:
         problems.append(f"unknown backends {unknown}; expected some of {sorted(BACKENDS)}")

@@ -90,6 +90,14 @@ class TagResult:
         return out
 
 
+def grid_cell_bounds(tagger: Runner) -> tuple[int, int]:
+    """(fewest, most) grid cells the tagger takes: (1, 49) for a graph with the dynamic cell axis,
+    (49, 49) for a bundle exported before it. Fewer than all come only for posts without picture
+    (the same emissions: see mner.export.tagger)."""
+    cells = next(t for t in tagger.stage.inputs if t.name == "grid").shape[1]
+    return tagger.axis_bounds(cells) if isinstance(cells, str) else (cells, cells)
+
+
 class StageClock:
     """Seconds spent per pipeline step, summed since the last ``reset()``.
 
@@ -181,10 +189,8 @@ class Pipeline:
         self.batch_size = batch_size
         self.on_bad_image = on_bad_image
         inputs = {t.name: t for t in tagger.stage.inputs}
-        cells, self._grid_dim = inputs["grid"].shape[1:]  # (49, 2048), or ("grid_cells", 2048)
-        # A bundle whose tagger takes fewer grid cells gets one cell for a batch without pictures
-        # (the same emissions: see mner.export.tagger); an older bundle always takes all 49.
-        self._grid_cells = tagger.axis_bounds(cells) if isinstance(cells, str) else (cells, cells)
+        self._grid_dim = int(inputs["grid"].shape[2])
+        self._grid_cells = grid_cell_bounds(tagger)  # a batch without pictures gets the fewest
         self._num_objects = int(inputs["object_ids"].shape[1])
         self._pool: ThreadPoolExecutor | None = None
         self.clock: StageClock | None = None
