@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import subprocess
+from pathlib import Path
 from typing import Any
-
-from mner.benchmarks.viterbi import cpu_flags, cpu_model, package_version
 
 PACKAGES = ("mner", "numpy", "onnxruntime", "onnxruntime-gpu", "torch", "transformers", "tensorrt", "pytorch-crf",
             "opencv-python-headless", "tokenizers")  # fmt: skip
+
+
+def _cpuinfo(key: str) -> str | None:
+    """The first /proc/cpuinfo value of ``key`` ("model name", "flags"), or None (not Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    return set((_cpuinfo("flags") or "").split())
+
+
+def package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def gpu_name() -> str | None:

@@ -11,7 +11,6 @@ Before timing, it checks that the three implementations return the same tags.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import logging
 import os
 import platform
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mner.benchmarks.machine import cpu_flags, cpu_model, package_version
 from mner.runtime.viterbi import native_available, viterbi_decode
 
 logger = logging.getLogger("mner.benchmarks.viterbi")
@@ -57,7 +57,7 @@ def pytorch_crf_decoder(inputs: dict[str, np.ndarray]) -> Callable[[], list[list
         import torchcrf
     except ImportError:
         return None
-    batch_size, length, num_tags = inputs["emissions"].shape
+    _, length, num_tags = inputs["emissions"].shape
     crf = torchcrf.CRF(num_tags, batch_first=True)
     with torch.no_grad():
         crf.start_transitions.copy_(torch.from_numpy(inputs["start"]))
@@ -169,33 +169,6 @@ def target_summary(rows: list[dict[str, float]]) -> str:
         verdict = "met" if speedup >= target else "MISSED"
         parts.append(f"vs {slower} {speedup:.1f}x (target >= {target:.0f}x, {verdict})")
     return f"Targets at B = {TARGET_BATCH_SIZE}: " + "; ".join(parts) + "."
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def package_version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def machine_info(torch_threads: int) -> list[str]:
