@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from mner.benchmarks.bench import PERCENTILES, STEPS
 
@@ -21,8 +21,15 @@ def write_report(report: Mapping[str, Any], out_dir: Path, notes: str | None = N
     return paths
 
 
+def _runs(report: Mapping[str, Any]) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
+    """(backend, batch size, run summary) for every measured pair, in report order."""
+    for name, backend in report["backends"].items():
+        for size, run in backend["batches"].items():
+            yield name, size, run
+
+
 def _steps_of(report: Mapping[str, Any]) -> list[str]:
-    present = {step for b in report["backends"].values() for run in b["batches"].values() for step in run["steps_ms"]}
+    present = {step for _, _, run in _runs(report) for step in run["steps_ms"]}
     return [step for step in STEPS if step in present]
 
 
@@ -37,14 +44,13 @@ def write_plots(report: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
     paths = {}
 
     # Stacked bars: mean milliseconds per batch of each step, one bar per (backend, batch size).
-    labels, bottoms, bars = [], [], {step: [] for step in steps + ["other"]}
-    for name, backend in backends.items():
-        for size, run in backend["batches"].items():
-            labels.append(f"{name}\nB={size}")
-            measured = [run["steps_ms"].get(step, 0.0) for step in steps]
-            for step, value in zip(steps, measured):
-                bars[step].append(value)
-            bars["other"].append(max(0.0, run["latency_ms"]["mean"] - sum(measured)))
+    labels, bars = [], {step: [] for step in steps + ["other"]}
+    for name, size, run in _runs(report):
+        labels.append(f"{name}\nB={size}")
+        measured = [run["steps_ms"].get(step, 0.0) for step in steps]
+        for step, value in zip(steps, measured):
+            bars[step].append(value)
+        bars["other"].append(max(0.0, run["latency_ms"]["mean"] - sum(measured)))
     figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) + 2), 4.5))
     bottoms = [0.0] * len(labels)
     for step, values in bars.items():
@@ -130,11 +136,10 @@ def markdown(report: Mapping[str, Any], notes: str | None = None) -> str:
         "| backend | batch | batches timed | p50 ms | p90 ms | p99 ms | posts/s | tagger posts/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, backend in report["backends"].items():
-        for size, run in backend["batches"].items():
-            latency = run["latency_ms"]
-            lines.append(f"| {name} | {size} | {run['batches']} | {_num(latency['p50'], 2)} | {_num(latency['p90'], 2)} | "
-                         f"{_num(latency['p99'], 2)} | {_num(run['throughput_posts_s'])} | {_num(run['tagger_posts_s'])} |")  # fmt: skip
+    for name, size, run in _runs(report):
+        latency = run["latency_ms"]
+        lines.append(f"| {name} | {size} | {run['batches']} | {_num(latency['p50'], 2)} | {_num(latency['p90'], 2)} | "
+                     f"{_num(latency['p99'], 2)} | {_num(run['throughput_posts_s'])} | {_num(run['tagger_posts_s'])} |")  # fmt: skip
     steps = _steps_of(report)
     lines += [
         "",
@@ -146,18 +151,16 @@ def markdown(report: Mapping[str, Any], notes: str | None = None) -> str:
         "| backend | batch | " + " | ".join(steps) + " | end to end |",
         "|---|---:|" + "---:|" * (len(steps) + 1),
     ]
-    for name, backend in report["backends"].items():
-        for size, run in backend["batches"].items():
-            cells = " | ".join(_num(run["steps_ms"].get(step), 2) for step in steps)
-            lines.append(f"| {name} | {size} | {cells} | {_num(run['latency_ms']['mean'], 2)} |")
+    for name, size, run in _runs(report):
+        cells = " | ".join(_num(run["steps_ms"].get(step), 2) for step in steps)
+        lines.append(f"| {name} | {size} | {cells} | {_num(run['latency_ms']['mean'], 2)} |")
     lines += ["", "## Time per batch by step, p50 / p90 / p99 ms", "",
               "| backend | batch | " + " | ".join(steps) + " |", "|---|---:|" + "---:|" * len(steps)]  # fmt: skip
-    for name, backend in report["backends"].items():
-        for size, run in backend["batches"].items():
-            spread = run["steps_percentiles_ms"]
-            cells = " | ".join(" / ".join(_num(spread[step][f"p{p}"], 2) for p in PERCENTILES) if step in spread else "n/a"
-                               for step in steps)  # fmt: skip
-            lines.append(f"| {name} | {size} | {cells} |")
+    for name, size, run in _runs(report):
+        spread = run["steps_percentiles_ms"]
+        cells = " | ".join(" / ".join(_num(spread[step][f"p{p}"], 2) for p in PERCENTILES) if step in spread else "n/a"
+                           for step in steps)  # fmt: skip
+        lines.append(f"| {name} | {size} | {cells} |")
     lines += ["", "## Parity", ""]
     reference = report["reference"]
     if reference is None:
@@ -167,14 +170,13 @@ def markdown(report: Mapping[str, Any], notes: str | None = None) -> str:
                   "batch size, over the first pass; entity F1 against the workload's gold tags.", ""]  # fmt: skip
     lines += ["| backend | batch | word agreement | posts differing | entity F1 | posts refused |",
               "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for name, backend in report["backends"].items():
-        for size, run in backend["batches"].items():
-            parity = run["parity"]
-            agree = parity.get("word_agreement")
-            agree_cell = "n/a" if agree is None else f"{100 * agree:.2f} %"
-            differing = parity.get("posts_differing")
-            lines.append(f"| {name} | {size} | {agree_cell} | {'n/a' if differing is None else differing} | "
-                         f"{_num(parity['f1'], 4)} | {run['errors']} |")  # fmt: skip
+    for name, size, run in _runs(report):
+        parity = run["parity"]
+        agree = parity.get("word_agreement")
+        agree_cell = "n/a" if agree is None else f"{100 * agree:.2f} %"
+        differing = parity.get("posts_differing")
+        lines.append(f"| {name} | {size} | {agree_cell} | {'n/a' if differing is None else differing} | "
+                     f"{_num(parity['f1'], 4)} | {run['errors']} |")  # fmt: skip
     lines += ["", "## Load time and memory", "",
               "| backend | bundle load s | peak RSS MiB | peak GPU MiB |", "|---|---:|---:|---:|"]  # fmt: skip
     for name, backend in report["backends"].items():
