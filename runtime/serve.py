@@ -33,8 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from mner.runtime.image import ImageError, read_header
 from mner.runtime.pipeline import Pipeline, Post, TagResult
 from mner.runtime.serve_batcher import Batcher, Metrics, QueueFull, ServeConfig  # noqa: F401 -- ServeConfig is part of this API
-from mner.runtime.tagfile import decode_base64
-from mner.runtime.tagfile import result_record
+from mner.runtime.tagfile import decode_base64, result_record
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +78,7 @@ def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig()) -> FastA
     warmup = [Post(WARMUP_TEXT)]
     if pipeline.has_images:
         warmup.append(Post(WARMUP_TEXT, _warmup_picture()))
-    batcher = Batcher(pipeline, metrics, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
-                      max_queue=config.max_queue, warmup_posts=warmup)  # fmt: skip
+    batcher = Batcher(pipeline, metrics, config, warmup_posts=warmup)
     counts = {"accepted": 0, "answered": 0}
 
     @asynccontextmanager

@@ -89,19 +89,12 @@ class Batcher:
     after); ``close()`` lets it finish every request already submitted, then stops it.
     """
 
-    def __init__(self, pipeline: Pipeline, metrics: Metrics, *, max_batch: int, max_wait_ms: float, max_queue: int,
-                 warmup_posts: Sequence[Post] = ()) -> None:  # fmt: skip
-        if not isinstance(max_batch, int) or max_batch < 1:
-            raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
-        if not max_wait_ms >= 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms!r}")
-        if not isinstance(max_queue, int) or max_queue < 1:
-            raise ValueError(f"max_queue must be a positive int, got {max_queue!r}")
+    def __init__(self, pipeline: Pipeline, metrics: Metrics, config: ServeConfig, warmup_posts: Sequence[Post] = ()) -> None:
         self.pipeline = pipeline
         self.metrics = metrics
-        self.max_batch = max_batch
-        self.max_wait = max_wait_ms / 1000
-        self.max_queue = max_queue
+        self.max_batch = config.max_batch  # the limits come checked by ServeConfig
+        self.max_wait = config.max_wait_ms / 1000
+        self.max_queue = config.max_queue
         self.warmup_posts = list(warmup_posts)
         self.ready = threading.Event()
         self.failed: str | None = None  # why warm-up failed, if it did
