@@ -401,10 +401,11 @@ class MGCMT(nn.Module):
         fusion = self.config.fusion
         if fusion in ("gate_cat", "image_only"):
             # grid granularity: text -> grid, and grid -> text -> text
-            grid_h = self._project_grid(self.grid_to_text, grid)  # (B, 49, H)
+            zero_grid = self.training and not bool(grid.any())  # asked once for both projections
+            grid_h = self._project_grid(self.grid_to_text, grid, zero_grid)  # (B, 49, H)
             grid_h = self.grid_self(grid_h, grid_h, grid_mask)
             text_on_grid = self.text_to_grid(main_text, grid_h, grid_mask)  # (B, L, H)
-            grid_h2 = self._project_grid(self.grid_to_text_v2, grid)
+            grid_h2 = self._project_grid(self.grid_to_text_v2, grid, zero_grid)
             grid_h2 = self.grid_self_v2(grid_h2, grid_h2, grid_mask)
             grid_on_text = self.grid_to_text_attention(grid_h2, main_text, text_mask)  # (B, 49, H)
             # The reference masks these keys with the grid's mask: one row per grid cell.
@@ -427,15 +428,16 @@ class MGCMT(nn.Module):
         fused = self.fusion_dropout(torch.cat([image, objects_fused], dim=-1))
         return F.relu(self.fused_linear(fused))
 
-    def _project_grid(self, linear: nn.Linear, grid: torch.Tensor) -> torch.Tensor:
+    def _project_grid(self, linear: nn.Linear, grid: torch.Tensor, zero_grid: bool) -> torch.Tensor:
         """linear(grid), (B, 49, 2048) -> (B, 49, H).
 
-        A training batch without any image has an all-zero grid, whose product with the weight is
-        exactly zero: the projection is then exactly its bias, and the (B*49, 2048) x (2048, H)
-        product and its weight gradient (a quarter of a tiny-preset step on text-only data) are
-        skipped. Only in training: the exported graph keeps one data-independent path.
+        A training batch without any image has an all-zero grid (``zero_grid``), whose product
+        with the weight is exactly zero: the projection is then exactly its bias, and the
+        (B*49, 2048) x (2048, H) product and its weight gradient (a quarter of a tiny-preset
+        step on text-only data) are skipped. Only in training: the exported graph keeps one
+        data-independent path.
         """
-        if self.training and not bool(grid.any()):
+        if zero_grid:
             # 0 * sum(weight) keeps the weight in the graph with its exact, all-zero gradient,
             # so AdamW moves it (moments, weight decay) just as it would after the full product.
             return linear.bias.expand(grid.size(0), grid.size(1), -1) + 0.0 * linear.weight.sum()

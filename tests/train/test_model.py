@@ -97,7 +97,7 @@ def test_a_training_batch_without_pictures_skips_the_grid_product_exactly(monkey
     assert (3, SMALL.grid_cells, SMALL.grid_dim) not in calls  # the (B, 49, 2048) product was skipped
 
     full_model = build().train()
-    monkeypatch.setattr(MGCMT, "_project_grid", lambda self, linear, grid: linear(grid))
+    monkeypatch.setattr(MGCMT, "_project_grid", lambda self, linear, grid, zero_grid: linear(grid))
     full = step(full_model)
     assert torch.equal(shortcut[0], full[0])
     assert shortcut[1].keys() == full[1].keys()  # the grid weights get their (zero) gradient either way
