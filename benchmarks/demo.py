@@ -43,9 +43,12 @@ def run_demo(
     vision: dict[str, Any] = DEMO_VISION,
     echo=click.echo,
 ) -> dict[str, Any]:
+    from mner.benchmarks.bench import run_bench
+    from mner.benchmarks.cli import summary_lines
+    from mner.benchmarks.report import write_report
     from mner.export.pipeline import export_bundle
     from mner.runtime import Pipeline, Post
-    from mner.runtime.conll import read_conll
+    from mner.runtime.conll import evaluate_entities, read_conll
     from mner.train.sample import write_sample_corpus
     from mner.train.trainer import TrainArgs, train
 
@@ -106,16 +109,10 @@ def run_demo(
 
     gold = [post.tags for post in posts]
     predicted = [result.tags if result.ok else ["O"] * len(post.words) for post, result in zip(posts, results)]
-    from mner.runtime.conll import evaluate_entities
-
     metrics = evaluate_entities(gold, predicted)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
     # The benchmark: mner-bench's measurements at a small size, ORT against the PyTorch reference.
-    from mner.benchmarks.bench import run_bench
-    from mner.benchmarks.cli import summary_lines
-    from mner.benchmarks.report import write_report
-
     started = time.perf_counter()
     report = run_bench(bundle, ["torch", "ort"], [1, 8], data=corpus / "test.txt", images_dir=images, checkpoint=best,
                        warmup=1, min_batches=3, command="python -m mner.benchmarks.demo", echo=lambda line: None)  # fmt: skip

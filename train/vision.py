@@ -384,7 +384,6 @@ def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-
 def _state_digest(module: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
