@@ -10,10 +10,21 @@ per word), and the word's tag lives at its first piece:
     [CLS]  Kawhi  Leon  ##ard  wins  [SEP]        input_ids
       3      1     1      2     1     4           roles (tags.Role)
       0     r1    r2      0    r3     0           aug_ids (augmentation-table rows)
+
+A word that BERT's text cleaning empties has no word-pieces of its own: a lone U+00A0
+(whitespace to Python, but a word with its own tag line in a TWITTER-2015 file), a soft
+hyphen U+00AD, a zero-width space U+200B, U+FFFD (``bert_cleaning_empties`` says which).
+Such a word keeps its slot and its tag: the model sees the [UNK] piece for it and its
+augmentation row is the unknown row. The reference drops it instead (its tokenize()
+returns [] and the word and its label vanish), which would leave the word without a tag
+slot in training, evaluation and the runtime's spans. In TWITTER-2017 every such word
+is tagged O, so the model learns [UNK] -> O. (U+FE0F is a combining mark that cleaning
+keeps, so it is not one of them.)
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -131,10 +142,13 @@ class TextEncoder:
         if encoding is not None:
             for piece_id, word_index in zip(encoding.ids, encoding.word_ids):
                 pieces[word_index].append(piece_id)
-        pieces = [word_pieces or [self.unk_id] for word_pieces in pieces]  # e.g. a word of control characters
+        # A word that cleaning empties (see the module docstring) keeps its slot as [UNK]
+        # with the unknown augmentation row, whatever row the vocabulary gives its text.
+        rows = [self.aug_row(word) if word_pieces else AUG_UNKNOWN_ROW for word, word_pieces in zip(words, pieces)]
+        pieces = [word_pieces or [self.unk_id] for word_pieces in pieces]
         budget = self.max_length - 2  # room left by [CLS] and [SEP]
         input_ids, roles, aug_ids, word_positions = [self.cls_id], [Role.CLS], [AUG_ZERO_ROW], []
-        for word, word_pieces in zip(words, pieces):
+        for word_pieces, row in zip(pieces, rows):
             room = budget - (len(input_ids) - 1)
             if room <= 0:
                 break
@@ -143,7 +157,7 @@ class TextEncoder:
             word_positions.append(len(input_ids))
             input_ids.extend(word_pieces)
             roles.extend([Role.WORD] + [Role.CONTINUATION] * (len(word_pieces) - 1))
-            aug_ids.extend([self.aug_row(word)] + [AUG_ZERO_ROW] * (len(word_pieces) - 1))
+            aug_ids.extend([row] + [AUG_ZERO_ROW] * (len(word_pieces) - 1))
         n_kept = len(input_ids) - 1
         input_ids.append(self.sep_id)
         roles.append(Role.SEP)
@@ -249,9 +263,26 @@ def _is_word_tag(tag: str) -> bool:
     return tag == "O" or tag[:2] in ("B-", "I-")
 
 
+def bert_cleaning_empties(word: str) -> bool:
+    """True when BERT's text cleaning leaves nothing of `word` (e.g. "\\xa0", "\\xad", "\\u200b", "\\ufffd").
+
+    Asked of the normalizer and pre-tokenizer ``bert_tokenizer`` builds, so the answer is
+    the encoder's own: such a word gets no word-piece and is encoded as [UNK].
+    """
+    cleaning = _bert_cleaning()
+    return not cleaning.pre_tokenizer.pre_tokenize_str(cleaning.normalizer.normalize_str(word))
+
+
+@functools.cache
+def _bert_cleaning() -> Tokenizer:
+    return bert_tokenizer({token: i for i, token in enumerate(SPECIAL_TOKENS)})
+
+
 def _check_words(words: Sequence[str]) -> list[str]:
+    # Pre-split words are kept as given: a word is any non-empty string, even one that is
+    # whitespace to Python (a CoNLL file's lone U+00A0) or that BERT's cleaning empties.
     words = list(words)
-    bad = [w for w in words if not isinstance(w, str) or _NON_SPACE.fullmatch(w) is None]
+    bad = [w for w in words if not isinstance(w, str) or not w]
     if bad:
-        raise ValueError(f"words must be non-empty strings without whitespace (see split_words), got {bad[:5]!r}")
+        raise ValueError(f"words must be non-empty strings, got {bad[:5]!r}")
     return words

@@ -8,9 +8,11 @@ import pytest
 
 from mner.runtime.tags import Role, TagScheme
 from mner.runtime.text import (
+    AUG_UNKNOWN_ROW,
     EncodedText,
     TextEncoder,
     Word,
+    bert_cleaning_empties,
     bert_tokenizer,
     label_ids,
     split_words,
@@ -150,10 +152,51 @@ def test_special_token_text_in_a_post_is_not_special():
     assert pieces(encoder, encoded, 0)[0] == "[UNK]" and encoded.n_words == 2
 
 
-@pytest.mark.parametrize("words", [["ok", ""], ["two words"], ["tab\tinside"], ["ok", None]])
+@pytest.mark.parametrize("words", [["ok", ""], ["ok", None], [b"bytes"]])
 def test_encode_rejects_words_that_are_not_words(words):
-    with pytest.raises(ValueError, match="without whitespace"):
+    with pytest.raises(ValueError, match="words must be non-empty strings"):
         make_encoder().encode(words)
+    with pytest.raises(ValueError, match="words must be non-empty strings"):
+        make_encoder().encode_many([["fine"], words])
+
+
+EMPTIED = ["\xa0", "\xad", "\u200b", "\ufffd", "\u200d", "\x92", "\u2009", "\u3000", "\x00"]
+
+
+@pytest.mark.parametrize("word", EMPTIED)
+def test_a_word_cleaning_empties_keeps_its_slot_as_unk_with_the_unknown_row(word):
+    # Even where the augmentation vocabulary has a row for the word's text: the model
+    # sees [UNK] for it, and [UNK]'s row is the unknown row.
+    encoder = make_encoder(aug_vocab={"wins": 2, word: 3})
+    encoded = encoder.encode(["wins", word, "the"])
+    assert encoded.n_words == 3 and not encoded.truncated
+    assert pieces(encoder, encoded, 1) == ["[UNK]"]
+    assert encoded.aug_ids[encoded.word_positions].tolist() == [2, AUG_UNKNOWN_ROW, AUG_UNKNOWN_ROW]
+    labels, _ = label_ids(encoded, ["O", "O", "B-PER"], SCHEME)
+    assert labels[encoded.word_positions].tolist() == [SCHEME.index[t] for t in ("O", "O", "B-PER")]
+    assert encoder.encode_many([["wins", word, "the"]])[0].input_ids.tolist() == encoded.input_ids.tolist()
+
+
+def test_pre_split_words_are_kept_as_given_even_with_whitespace_inside():
+    encoder = make_encoder()
+    encoded = encoder.encode(["Kawhi\u00a0Leonard", "two words", "wins"])
+    assert encoded.n_words == 3
+    assert pieces(encoder, encoded, 0) == ["Kaw", "##hi", "Leon", "##ard"]
+    assert pieces(encoder, encoded, 1) == ["[UNK]", "[UNK]"]  # "two" and "words" are not in VOCAB
+
+
+CHARACTERS = [chr(c) for c in [*range(0x00, 0x250), *range(0x2000, 0x2070), 0x3000, 0xFEFF, 0xFE0F, 0xFFFD,
+                               0x1F602, 0xE000]]  # fmt: skip
+
+
+def test_bert_cleaning_empties_agrees_with_the_encoder():
+    encoder = make_encoder()
+    emptied = {c for c in CHARACTERS if bert_cleaning_empties(c)}
+    unk_alone = {c for c in CHARACTERS if not encoder.tokenizer.encode([c], is_pretokenized=True).ids}
+    assert emptied == unk_alone
+    assert {"\xa0", "\xad", "\u200b", "\ufffd", "\x92", " ", "\t"} <= emptied
+    assert "\ufe0f" not in emptied and "a" not in emptied and "\U0001f602" not in emptied
+    assert not bert_cleaning_empties("a\u200b") and bert_cleaning_empties("\u200b\xa0\xad")
 
 
 def test_encode_empty_post():
