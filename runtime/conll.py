@@ -6,17 +6,36 @@ and ``mner.train.metrics.evaluate_entities``): one post per block, an optional
 an entity counts as found only when its type, first and last word all match
 (conlleval / seqeval's default mode). They live here as well because the runtime must
 not import train/ (it imports torch).
+
+Every word is read as the file has it. A token field is the text before the line's one
+TAB; it must not be empty, and is otherwise kept untouched, even when Python calls it
+whitespace: a published TWITTER-2015 dev file has a token line that is a lone U+00A0
+(``"\xa0<TAB>O"``), a word with its own tag. Only a line holding nothing but ASCII
+whitespace (spaces, tabs) separates posts; ``str.strip()`` would also strip U+00A0 and
+so cannot tell "\xa0<TAB>O" from a blank line by itself, and a line that is a lone
+U+00A0 without a TAB is malformed, not a separator. Words like these, and words BERT's
+text cleaning empties (U+00AD, U+200B, U+FFFD ...), keep their slot and their tag;
+``mner.runtime.text`` says what the model sees for them ([UNK]). Each file that has
+any gets one warning with their count and a few examples.
 """
 
 from __future__ import annotations
 
+import logging
+import string
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from mner.runtime.tags import entities_from_bio, parse_bio
+from mner.runtime.text import bert_cleaning_empties
+
+logger = logging.getLogger(__name__)
 
 IMAGE_PREFIX = "IMGID:"
+_BLANK = string.whitespace  # ASCII only: a line of these separates posts; "\xa0<TAB>O" is a word
+_EXAMPLES = 5  # odd words named in the warning
 
 
 @dataclass(frozen=True)
@@ -45,11 +64,13 @@ def read_conll(path: str | Path) -> list[ConllPost]:
             raise ValueError(f"{path}:{first_line}: {IMAGE_PREFIX}{image_id} is followed by no token lines")
         image_id, words, tags = None, [], []
 
-    # utf-8-sig drops a byte-order mark; newline=None turns \r\n into \n.
+    odd_words: list[str] = []
+    # utf-8-sig drops a byte-order mark; newline=None turns \r\n and \r into \n, so no
+    # line (and no token) holds a line break.
     with open(path, encoding="utf-8-sig", newline=None) as lines:
         for number, line in enumerate(lines, start=1):
             line = line.rstrip("\n")
-            if not line.strip():
+            if not line.strip(_BLANK):
                 close_block()
             elif line.startswith(IMAGE_PREFIX):
                 close_block()
@@ -57,19 +78,58 @@ def read_conll(path: str | Path) -> list[ConllPost]:
                 if not image_id:
                     raise ValueError(f"{path}:{number}: {IMAGE_PREFIX} line without an image id")
             else:
-                fields = line.rstrip().split("\t")
-                if len(fields) != 2 or not fields[0] or not fields[1] or any(c.isspace() for c in fields[0]):
-                    raise ValueError(f"{path}:{number}: expected 'token<TAB>tag' with a token without whitespace, got {line!r}")
+                # Trailing ASCII whitespace after the tag is dropped; the token is kept as is.
+                fields = line.rstrip(_BLANK).split("\t")
+                if len(fields) != 2 or not fields[0] or not fields[1]:
+                    raise ValueError(f"{path}:{number}: expected 'token<TAB>tag' with a non-empty token, got {line!r}")
                 try:
                     parse_bio(fields[1])
                 except ValueError as error:
                     raise ValueError(f"{path}:{number}: {error}") from None
                 if not words and image_id is None:
                     first_line = number
+                if _is_odd(fields[0]):
+                    odd_words.append(fields[0])
                 words.append(fields[0])
                 tags.append(fields[1])
     close_block()
+    if odd_words:
+        # ascii(): the examples are invisible or look like a space when printed as they are
+        examples = ", ".join(ascii(word) for word, _ in Counter(odd_words).most_common(_EXAMPLES))
+        logger.warning(
+            "%s: %d words are whitespace to Python or emptied by BERT's text cleaning (e.g. %s); each keeps its "
+            "slot and its tag, and the model sees [UNK] for a word the cleaning empties",
+            path, len(odd_words), examples,
+        )  # fmt: skip
     return posts
+
+
+def _is_odd(word: str) -> bool:
+    """A word that holds whitespace or that BERT's cleaning empties (see the module docstring)."""
+    if word.isascii() and word.isprintable() and " " not in word:
+        return False  # fast path: an ASCII letter, digit or mark survives cleaning
+    return any(c.isspace() for c in word) or bert_cleaning_empties(word)
+
+
+def entity_types(posts: Iterable[ConllPost]) -> set[str]:
+    """Every entity type the posts' tags name ("B-PER" and "I-PER" name PER)."""
+    return {entity_type for post in posts for tag in post.tags if (entity_type := parse_bio(tag)[1]) is not None}
+
+
+def check_entity_types(posts: Iterable[ConllPost], known: Iterable[str], data: str, model: str) -> None:
+    """Raise ValueError naming both sets when the posts' tags name a type the model does not know.
+
+    The model could never predict such a type, so scoring would quietly give it 0 (a
+    TWITTER-2015 file, whose fourth type is OTHER, scored by a MISC model) instead of
+    saying that data and model disagree about the label set.
+    """
+    found, known = entity_types(posts), set(known)
+    unknown = found - known
+    if unknown:
+        raise ValueError(
+            f"{data} has entity types {sorted(found)} but {model} knows {sorted(known)}: {sorted(unknown)} could "
+            "never be predicted; use a model trained on data with these types (mner-convert: --vocab-from-data)"
+        )
 
 
 def evaluate_entities(gold: list[list[str]], pred: list[list[str]]) -> dict:
