@@ -32,7 +32,7 @@ from mner.train.augment import build_augmentation_table, load_word_vectors, trai
 from mner.train.chars import SPECIALS as SPECIAL_CHARS
 from mner.train.chars import build_char_vocab, char_ids
 from mner.train.checkpoint import load_checkpoint, save_checkpoint, unwrap
-from mner.train.data import Post, read_conll, sha256_file
+from mner.train.data import Post, check_entity_types, read_conll, sha256_file
 from mner.train.metrics import evaluate_entities
 from mner.train.model import MGCMT, ModelConfig
 
@@ -522,6 +522,7 @@ def evaluate_checkpoint(
     posts = read_conll(data_path)
     if not posts:
         raise ValueError(f"{data_path} holds no posts")
+    check_entity_types(posts, checkpoint.scheme.entity_types, str(data_path), f"checkpoint {checkpoint_path}")
     encoder, config = checkpoint.text_encoder, checkpoint.config
     examples = []
     for index, (post, encoded) in enumerate(zip(posts, encoder.encode_many([post.words for post in posts]))):
