@@ -42,7 +42,7 @@ from typing import Any, Iterator
 
 from tqdm.auto import tqdm
 
-from mner.runtime.conll import evaluate_entities, read_conll
+from mner.runtime.conll import check_entity_types, evaluate_entities, read_conll
 from mner.runtime.pipeline import Pipeline, Post, TagResult
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,8 @@ def tag_conll(
 
     Output records also carry "image_id" and the predicted word "tags"; the returned
     summary's ``metrics`` are P/R/F1 over every post (a post whose record is an error
-    counts as predicting no entity).
+    counts as predicting no entity). Data whose tags name an entity type the bundle does
+    not know is refused before anything is tagged (it would score 0 for that type).
     """
     conll, output = Path(conll), Path(output)
     if not conll.is_file():
@@ -132,6 +133,7 @@ def tag_conll(
     posts = read_conll(conll)
     if not posts:
         raise ValueError(f"--conll {conll} holds no posts")
+    check_entity_types(posts, pipeline.scheme.entity_types, f"--conll {conll}", "the bundle")
     done_ids, _ = _resume(output)
 
     def entries() -> Iterator[_Entry | int]:

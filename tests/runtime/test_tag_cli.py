@@ -15,6 +15,7 @@ from mner.runtime import tagfile
 from mner.runtime.cli import tag_command
 from mner.runtime.pipeline import Post, TagResult
 from mner.runtime.spans import Entity
+from mner.runtime.tags import TagScheme
 from mner.runtime.tagfile import OutputError, TagSummary, tag_conll, tag_jsonl
 
 PNG = base64.b64decode(
@@ -27,6 +28,7 @@ class StubPipeline:
 
     batch_size = 3
     on_bad_image = "error"
+    scheme = TagScheme(("LOC", "MISC", "ORG", "PER"))
 
     def __init__(self):
         self.batches = []
@@ -188,6 +190,48 @@ def test_conll_mode_scores_the_written_tags(tmp_path):
     assert summary.metrics["micro"] == {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2}
     again = tag_conll(StubPipeline(), conll, output, images=pictures, progress=False)
     assert again.skipped == 3 and again.metrics == summary.metrics
+
+
+OTHER_DATA = "IMGID:1\nKawhi\tB-PER\nat\tO\nCoachella\tB-OTHER\n\nIMGID:2\nhi\tO\n\n"  # TWITTER-2015's fourth type
+
+
+def test_conll_mode_refuses_entity_types_the_bundle_does_not_know_before_tagging(tmp_path):
+    conll = tmp_path / "data.txt"
+    conll.write_text(OTHER_DATA)
+    pipeline = StubPipeline()
+    with pytest.raises(ValueError) as error:
+        tag_conll(pipeline, conll, tmp_path / "out.jsonl", progress=False)
+    message = str(error.value)
+    assert f"--conll {conll} has entity types ['OTHER', 'PER']" in message
+    assert "the bundle knows ['LOC', 'MISC', 'ORG', 'PER']" in message
+    assert pipeline.batches == [] and not (tmp_path / "out.jsonl").exists()
+
+
+class StubBundlePipeline(StubPipeline):
+    """What Pipeline.from_bundle gives the command, as a context manager."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_mner_tag_conll_refuses_a_label_set_the_bundle_does_not_know(tmp_path, monkeypatch):
+    from mner.runtime import cli
+
+    monkeypatch.setattr(cli.Pipeline, "from_bundle", classmethod(lambda cls, *args, **kwargs: StubBundlePipeline()))
+    conll = tmp_path / "data.txt"
+    conll.write_text(OTHER_DATA)
+    result = CliRunner().invoke(tag_command, ["--engine", str(tmp_path), "--conll", str(conll), "--output",
+                                              str(tmp_path / "out.jsonl")])  # fmt: skip
+    assert result.exit_code == 1
+    assert "has entity types ['OTHER', 'PER'] but the bundle knows ['LOC', 'MISC', 'ORG', 'PER']" in result.output
+    assert not (tmp_path / "out.jsonl").exists()
+    conll.write_text(OTHER_DATA.replace("OTHER", "MISC"))
+    result = CliRunner().invoke(tag_command, ["--engine", str(tmp_path), "--conll", str(conll), "--output",
+                                              str(tmp_path / "out.jsonl"), "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
 
 
 def test_usage_errors_are_clear(tmp_path):
