@@ -168,7 +168,9 @@ def eval_command(ckpt, data_path, images_dir, resnet_weights, detector_weights, 
 @click.option("--aug-table", required=True, type=click.Path(exists=True, dir_okay=False), help="Their tweet_aug.npy.")
 @click.option("--word-vocab", type=click.Path(exists=True, dir_okay=False), help="Their word vocabulary: one word per line in table-row order, or a JSON word->row map.")
 @click.option("--vocab-from-data", type=click.Path(exists=True, file_okay=False), help="Rebuild their vocabulary from the data folder (train/dev/test, their ordering).")
-@click.option("--labels", default="O,B-MISC,I-MISC,B-PER,I-PER,B-ORG,I-ORG,B-LOC,I-LOC,X,[CLS],[SEP]", show_default=True, help="Their label list, in their order (index 0 = padding is implied).")
+@click.option("--labels", help="Their label list, comma-separated, in their order (index 0 = padding is implied). "
+              "Default: O,B-MISC,I-MISC,B-PER,I-PER,B-ORG,I-ORG,B-LOC,I-LOC,X,[CLS],[SEP], with MISC renamed to the "
+              "fourth type of --vocab-from-data's data (OTHER for TWITTER-2015); refused if it lacks a type of that data.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write best.pt.")
 def convert_command(weights, bert, aug_table, word_vocab, vocab_from_data, labels, out) -> None:
     """Import an IIE4MNER (MSCMT) checkpoint into a self-contained best.pt, reporting every unmapped key."""
@@ -184,7 +186,7 @@ def convert_command(weights, bert, aug_table, word_vocab, vocab_from_data, label
             aug_table_path=Path(aug_table),
             word_vocab_path=_optional_path(word_vocab),
             vocab_data_dir=_optional_path(vocab_from_data),
-            reference_labels=labels.split(","),
+            reference_labels=labels.split(",") if labels else None,
             out_path=Path(out),
         )
     except ValueError as error:

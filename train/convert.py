@@ -5,6 +5,12 @@ their label order (<pad> implied at 0, then O, B-MISC, I-MISC, B-PER, ...) is pe
 into ours (types sorted); their augmentation table and word vocabulary become our
 table and vocabulary. Keys their code creates but the best configuration never uses
 (char-CNN, the pooler, the other fusion variants' weights) are reported, not loaded.
+
+Label sets: their code has one label list for TWITTER-2015 and 2017 (REFERENCE_LABELS);
+its reader renames 2015's B-/I-OTHER to B-/I-MISC, so a 2015 model's MISC rows are
+OTHER. Given the data (``vocab_data_dir``), the fourth type takes the data's name
+(``reference_labels_for``), so a converted 2015 checkpoint predicts OTHER and scores
+against OTHER; an explicit label list whose types miss one of the data's is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import numpy as np
 import torch
 from transformers import BertConfig, BertModel
 
+from mner.runtime.conll import entity_types, read_conll
 from mner.runtime.tags import PAD, TagScheme, parse_bio
 from mner.runtime.text import TextEncoder
 from mner.train.checkpoint import save_checkpoint
@@ -76,6 +83,10 @@ _DIRECT = {
     "aux_classifier.bias": "aux_classifier.bias",
 }
 _CRF = ("start_transitions", "end_transitions", "transitions")
+# Their label list (run_mtmner_crf.py, MSCMT_NERProcessor.get_labels), the same for both datasets.
+REFERENCE_LABELS = ("O", "B-MISC", "I-MISC", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "X", "[CLS]", "[SEP]")
+_NAMED_TYPES = {"PER", "ORG", "LOC"}  # the types with slots of their own; the fourth sits in MISC's
+_STRUCTURAL_LABELS = ("O", "X", "[CLS]", "[SEP]")
 _BERT_UNUSED = re.compile(r"^bert\.(pooler\.|embeddings\.(char_cnn_model|char_cnn_linear|aug_linear)\.)")
 
 
@@ -108,20 +119,67 @@ def our_to_reference_keys(model: MGCMT, reference_keys: list[str]) -> dict[str, 
     return {reference_key_map(k): k for k in reference_keys if reference_key_map(k) is not None}
 
 
-def reference_vocabulary(data_dir: Path) -> dict[str, int]:
-    """The authors' word -> row map (utils.build_vocab): words of train/dev/test by descending count, from row 2."""
-    counts: Counter[str] = Counter()
+def reference_splits(data_dir: Path) -> list[Path]:
+    """train, dev and test of a data folder, named as theirs (train, dev, test) or as ours (*.txt, valid.txt)."""
+    paths = []
     for name in ("train", "dev", "test"):
         path = data_dir / name
         if not path.is_file():
             path = data_dir / f"{'valid' if name == 'dev' else name}.txt"
         if not path.is_file():
             raise ValueError(f"{data_dir} lacks the {name} split (looked for {name} and {name}.txt)")
+        paths.append(path)
+    return paths
+
+
+def reference_vocabulary(data_dir: Path) -> dict[str, int]:
+    """The authors' word -> row map (utils.build_vocab): words of train/dev/test by descending count, from row 2."""
+    counts: Counter[str] = Counter()
+    for path in reference_splits(data_dir):
         for line in path.read_text(encoding="utf-8").splitlines():
+            # Their parse, quirks included, because their table's rows follow it: strip()
+            # turns a "\xa0<TAB>O" line into "O", counted as the word "O".
             line = line.strip()
             if line and not line.startswith("IMGID:"):
                 counts[line.split("\t")[0]] += 1
     return {word: row + 2 for row, (word, _) in enumerate(counts.most_common())}
+
+
+def reference_labels_for(types: set[str]) -> list[str]:
+    """Their label list with the data's fourth type (OTHER for TWITTER-2015) in their MISC slot.
+
+    Their model has PER, ORG, LOC and one more type; data naming two types beyond PER,
+    ORG and LOC cannot be theirs and raises ValueError. Without a fourth type, MISC stays.
+    """
+    others = sorted(set(types) - _NAMED_TYPES)
+    if len(others) > 1:
+        raise ValueError(
+            f"the authors' models have the entity types PER, ORG, LOC and one more (MISC in TWITTER-2017, OTHER in "
+            f"TWITTER-2015); the data has {sorted(types)}, with {others} beyond PER, ORG and LOC"
+        )
+    fourth = others[0] if others else "MISC"
+    return [label.replace("-MISC", f"-{fourth}") for label in REFERENCE_LABELS]
+
+
+def _label_types(labels: list[str]) -> set[str]:
+    return {parse_bio(label)[1] for label in labels if label not in _STRUCTURAL_LABELS}
+
+
+def resolve_reference_labels(labels: list[str] | None, data_dir: Path | None) -> list[str]:
+    """The label list to convert with: the data's (``reference_labels_for``), an explicit one
+    checked against the data, or without data the given list, else REFERENCE_LABELS."""
+    if data_dir is None:
+        return list(labels) if labels is not None else list(REFERENCE_LABELS)
+    data_types = set().union(*(entity_types(read_conll(path)) for path in reference_splits(data_dir)))
+    if labels is None:
+        return reference_labels_for(data_types)
+    missing = data_types - _label_types(labels)
+    if missing:
+        raise ValueError(
+            f"the labels name the entity types {sorted(_label_types(labels))} but the data in {data_dir} has "
+            f"{sorted(data_types)} ({sorted(missing)} missing); leave the labels out to take the types from the data"
+        )
+    return list(labels)
 
 
 def read_word_vocabulary(path: Path) -> dict[str, int]:
@@ -179,11 +237,12 @@ def convert_reference_checkpoint(
     weights_path: Path,
     bert_dir: Path,
     aug_table_path: Path,
-    reference_labels: list[str],
     out_path: Path,
+    reference_labels: list[str] | None = None,
     word_vocab_path: Path | None = None,
     vocab_data_dir: Path | None = None,
 ) -> ConversionReport:
+    """Write a best.pt from their weights; labels None: from ``vocab_data_dir``'s data, else theirs (MISC)."""
     try:
         reference = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -196,8 +255,8 @@ def convert_reference_checkpoint(
     bert_config = BertConfig.from_json_file(str(config_file))
     bert_config._attn_implementation = "eager"
 
-    types = sorted({parse_bio(label)[1] for label in reference_labels if label not in ("O", "X", "[CLS]", "[SEP]")})
-    scheme = TagScheme(tuple(types))
+    reference_labels = resolve_reference_labels(reference_labels, vocab_data_dir)
+    scheme = TagScheme(tuple(_label_types(reference_labels)))
     permutation = label_permutation(reference_labels, scheme)
 
     table = np.load(aug_table_path).astype(np.float32)  # (V, dim): their row i = their word index i

@@ -298,3 +298,99 @@ def test_convert_rejects_foreign_files(tmp_path):
         convert_reference_checkpoint(weights_path=not_weights, bert_dir=tmp_path, aug_table_path=tmp_path / "t.npy",
                                      reference_labels=REFERENCE_LABELS, out_path=tmp_path / "o.pt",
                                      word_vocab_path=None, vocab_data_dir=tmp_path)  # fmt: skip
+
+
+# --- label sets: TWITTER-2015's OTHER -----------------------------------------------------------------
+
+OTHER_POSTS = [
+    ("1", [("RT", "O"), ("Obama", "B-PER"), ("visits", "O"), ("Paris", "B-LOC"), ("\xa0", "O")]),
+    ("2", [("Coachella", "B-OTHER"), ("with", "O"), ("NBA", "B-ORG"), ("\u200b", "O")]),
+]
+
+
+def write_other_folder(directory: Path) -> Path:
+    """train/valid/test in TWITTER-2015's label set (OTHER, not MISC), with a lone U+00A0 word."""
+    directory.mkdir(parents=True, exist_ok=True)
+    text = "".join(f"IMGID:{i}\n" + "".join(f"{w}\t{t}\n" for w, t in post) + "\n" for i, post in OTHER_POSTS)
+    for name in ("train.txt", "valid.txt", "test.txt"):
+        (directory / name).write_text(text, encoding="utf-8")
+    return directory
+
+
+def fake_reference_checkpoint(tmp_path: Path, scheme: TagScheme, reference_labels: list[str], rows: int):
+    """Our random model written as the authors' files (weights, BERT dir, table): (model, paths)."""
+    from transformers import BertConfig
+
+    from mner.train.convert import label_permutation
+    from mner.train.model import MGCMT, ModelConfig
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "Obama", "visits", "Paris", "##s", "R", "##T"]
+    bert_dir = tmp_path / "bert"
+    bert_dir.mkdir()
+    (bert_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    bert_config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    (bert_dir / "bert_config.json").write_text(bert_config.to_json_string())
+    config = ModelConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64, augmentation_rows=rows)  # fmt: skip
+    torch.manual_seed(0)
+    ours = MGCMT(config).eval()
+    table = torch.randn(rows, 200)
+    table[0] = 0
+    ours.set_augmentation_table(table)
+    weights = tmp_path / "pytorch_model.bin"
+    torch.save(to_reference(ours.state_dict(), label_permutation(reference_labels, scheme)), weights)
+    np.save(tmp_path / "tweet_aug.npy", table.numpy())
+    return ours, {"--weights": weights, "--bert": bert_dir, "--aug-table": tmp_path / "tweet_aug.npy"}
+
+
+def test_reference_label_list_takes_the_fourth_type_from_the_data():
+    from mner.train.convert import REFERENCE_LABELS, reference_labels_for
+
+    assert reference_labels_for({"PER", "LOC", "ORG", "MISC"}) == list(REFERENCE_LABELS)
+    assert reference_labels_for({"PER", "LOC", "ORG", "OTHER"}) == [
+        "O", "B-OTHER", "I-OTHER", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "X", "[CLS]", "[SEP]"]  # fmt: skip
+    assert reference_labels_for({"PER"}) == list(REFERENCE_LABELS)
+    with pytest.raises(ValueError, match=r"PER, ORG, LOC and one more.*\['MISC', 'OTHER'\] beyond"):
+        reference_labels_for({"PER", "MISC", "OTHER"})
+
+
+def test_convert_with_vocab_from_data_names_the_data_s_fourth_type(tmp_path):
+    from mner.train.cli import convert_command
+    from mner.train.convert import reference_labels_for, reference_vocabulary
+
+    data = write_other_folder(tmp_path / "twitter2015")
+    vocab = reference_vocabulary(data)
+    # Their vocabulary parse turns the "\xa0<TAB>O" line into the word "O" (their table follows it).
+    assert "\xa0" not in vocab and "O" in vocab and "\u200b" in vocab
+    scheme = TagScheme(("LOC", "ORG", "OTHER", "PER"))
+    # The authors' 2015 model: OTHER in their MISC slot (rows 2 and 3 of their classifier).
+    ours, files = fake_reference_checkpoint(tmp_path, scheme, reference_labels_for(scheme.entity_types),
+                                            rows=max(vocab.values()) + 1)  # fmt: skip
+    arguments = [part for option, path in files.items() for part in (option, str(path))]
+    result = CliRunner().invoke(convert_command, [*arguments, "--vocab-from-data", str(data), "--out",
+                                                  str(tmp_path / "best.pt")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    converted = load_checkpoint(tmp_path / "best.pt")
+    assert converted.scheme.entity_types == ("LOC", "ORG", "OTHER", "PER")
+    state = converted.model.state_dict()
+    for key, value in ours.state_dict().items():  # the OTHER rows came from their MISC slot
+        assert torch.equal(state[key], value), key
+
+    # An explicit MISC label list disagrees with the data: refused, naming both sets.
+    labels = "O,B-MISC,I-MISC,B-PER,I-PER,B-ORG,I-ORG,B-LOC,I-LOC,X,[CLS],[SEP]"
+    result = CliRunner().invoke(convert_command, [*arguments, "--vocab-from-data", str(data), "--labels", labels,
+                                                  "--out", str(tmp_path / "misc.pt")])  # fmt: skip
+    assert result.exit_code == 1
+    assert "the labels name the entity types ['LOC', 'MISC', 'ORG', 'PER']" in result.output
+    assert "has ['LOC', 'ORG', 'OTHER', 'PER'] (['OTHER'] missing)" in result.output
+    assert not (tmp_path / "misc.pt").exists()
+
+
+def test_mner_eval_refuses_data_whose_types_the_checkpoint_does_not_know(trained, tmp_path):
+    out, _ = trained  # a MISC checkpoint
+    data = write_other_folder(tmp_path / "twitter2015")
+    result = CliRunner().invoke(eval_command, ["--ckpt", str(out / "best.pt"), "--data", str(data / "test.txt")])
+    assert result.exit_code == 1
+    assert f"{data / 'test.txt'} has entity types ['LOC', 'ORG', 'OTHER', 'PER']" in result.output
+    assert f"checkpoint {out / 'best.pt'} knows ['LOC', 'MISC', 'ORG', 'PER']" in result.output
