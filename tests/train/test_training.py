@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from mner.runtime.tags import TagScheme
+from mner.runtime.text import AUG_UNKNOWN_ROW
 from mner.train import trainer as trainer_module
 from mner.train.checkpoint import load_checkpoint, save_checkpoint
 from mner.train.cli import eval_command, train_command
@@ -394,3 +395,68 @@ def test_mner_eval_refuses_data_whose_types_the_checkpoint_does_not_know(trained
     assert result.exit_code == 1
     assert f"{data / 'test.txt'} has entity types ['LOC', 'ORG', 'OTHER', 'PER']" in result.output
     assert f"checkpoint {out / 'best.pt'} knows ['LOC', 'MISC', 'ORG', 'PER']" in result.output
+
+
+# --- words that are whitespace to Python or that BERT's cleaning empties ---------------------------------
+
+ODD_WORDS = ["\xa0", "\xad", "\u200b", "\ufffd"]
+
+
+def add_odd_words(data: Path) -> dict[str, int]:
+    """Give every other post of each split one odd word (tagged O, as in TWITTER-2015/2017); count per split."""
+    added = {}
+    for split in ("train", "valid", "test"):
+        path = data / f"{split}.txt"
+        blocks = path.read_text(encoding="utf-8").strip("\n").split("\n\n")
+        for i in range(0, len(blocks), 2):
+            lines = blocks[i].split("\n")
+            lines.insert(1 + (i // 2) % (len(lines) - 1), f"{ODD_WORDS[(i // 2) % len(ODD_WORDS)]}\tO")
+            blocks[i] = "\n".join(lines)
+        path.write_text("\n\n".join(blocks) + "\n\n", encoding="utf-8")
+        added[split] = (len(blocks) + 1) // 2
+    return added
+
+
+def test_mner_train_and_eval_keep_every_odd_word(tmp_path, monkeypatch, caplog):
+    from mner.runtime.conll import read_conll
+
+    import dataclasses
+
+    from mner.train import model as model_module
+
+    # The command line has no size options: narrow its tiny preset to SMALL for speed.
+    monkeypatch.setitem(model_module.PRESETS, "tiny", dataclasses.replace(model_module.PRESETS["tiny"], **SMALL))
+    data = write_sample_corpus(tmp_path / "data", seed=3, sizes={"train": 24, "valid": 8, "test": 8})
+    added = add_odd_words(data)
+    with caplog.at_level("WARNING", logger="mner.runtime.conll"):
+        result = CliRunner().invoke(train_command, ["--data", str(data), "--out", str(tmp_path / "run"), "--preset",
+                                                    "tiny", "--epochs", "1", "--batch-size", "8", "--device", "cpu"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    warnings = [r.getMessage() for r in caplog.records if r.name == "mner.runtime.conll"]
+    for split, count in added.items():  # one warning per file, with its count
+        [warning] = [w for w in warnings if w.startswith(str(data / f"{split}.txt"))]
+        assert f"{count} words are whitespace to Python or emptied" in warning
+
+    # What the model saw for them: [UNK] with the unknown augmentation row, whatever row
+    # word2vec gave their text.
+    encoder = load_checkpoint(tmp_path / "run" / "best.pt").text_encoder
+    encoded = encoder.encode(["Paris", *ODD_WORDS])
+    firsts = encoded.input_ids[encoded.word_positions[1:]]
+    assert [encoder.tokenizer.id_to_token(int(i)) for i in firsts] == ["[UNK]"] * len(ODD_WORDS)
+    assert (encoded.aug_ids[encoded.word_positions[1:]] == AUG_UNKNOWN_ROW).all()
+
+    scored = {}
+    real_evaluate = trainer_module.evaluate_entities
+
+    def recording_evaluate(gold, pred):
+        scored["gold"], scored["pred"] = gold, pred
+        return real_evaluate(gold, pred)
+
+    monkeypatch.setattr(trainer_module, "evaluate_entities", recording_evaluate)
+    result = CliRunner().invoke(eval_command, ["--ckpt", str(tmp_path / "run" / "best.pt"), "--data",
+                                               str(data / "test.txt"), "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    posts = read_conll(data / "test.txt")
+    assert sum(word in ODD_WORDS for post in posts for word in post.words) == added["test"]
+    assert scored["gold"] == [post.tags for post in posts]  # every word is scored, the odd ones included
+    assert [len(tags) for tags in scored["pred"]] == [len(post.words) for post in posts]
