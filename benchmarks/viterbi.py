@@ -6,6 +6,11 @@ Decodes batches of B in {1, 8, 32, 128} sequences, L = 64 positions, T = 13 tags
 (the BIO tag set of the Twitter MNER corpora plus padding), with mixed lengths, and
 prints a Markdown table of the median milliseconds per call and the speedups.
 Before timing, it checks that the three implementations return the same tags.
+
+A second table times what the runtime's decode step does at B = 32 (word-piece posts
+with [CLS], words of 1 to 3 pieces, [SEP]): the position-masked decode it did before
+word-level BIO constraints (Viterbi on the 13 tags, log-space marginals) against
+``mner.runtime.decode``'s BIO lattice (Viterbi on 21 states, scaled marginals).
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from mner.benchmarks.machine import cpu_flags, cpu_model, package_version
-from mner.runtime.viterbi import native_available, viterbi_decode
+from mner.runtime.decode import FORBIDDEN_SCORE, CRFParameters
+from mner.runtime.tags import Role, TagScheme
+from mner.runtime.viterbi import crf_marginals, native_available, viterbi_decode
 
 logger = logging.getLogger("mner.benchmarks.viterbi")
 
@@ -137,6 +144,68 @@ def run_benchmark(repeats: int, minimum_seconds: float, seed: int) -> list[dict[
     return rows
 
 
+def make_posts(rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(B, L) roles and (B,) lengths of word-piece posts: [CLS], words of 1-3 pieces, [SEP]."""
+    roles = np.zeros((batch_size, SEQ_LENGTH), dtype=np.int8)
+    lengths = rng.integers(SEQ_LENGTH // 4, SEQ_LENGTH + 1, size=batch_size)
+    lengths[0] = SEQ_LENGTH
+    for row, length in zip(roles, lengths):
+        row[0], row[length - 1] = Role.CLS, Role.SEP
+        position = 1
+        while position < length - 1:
+            pieces = min(int(rng.integers(1, 4)), length - 1 - position)
+            row[position] = Role.WORD
+            row[position + 1 : position + pieces] = Role.CONTINUATION
+            position += pieces
+    return roles, lengths
+
+
+def run_word_decoding_benchmark(repeats: int, minimum_seconds: float, seed: int) -> dict[str, float]:
+    """Median ms at B = 32 of the decode step before and after BIO constraints, tags alone and with marginals."""
+    rng = np.random.default_rng(seed)
+    scheme = TagScheme(("LOC", "MISC", "ORG", "PER"))
+    inputs = make_inputs(rng, TARGET_BATCH_SIZE, scheme.num_tags)
+    roles, lengths = make_posts(rng, TARGET_BATCH_SIZE)
+    emissions = inputs["emissions"]
+    crf = CRFParameters(inputs["start"], inputs["end"], inputs["transitions"])
+    lattice = crf.bio_lattice(scheme)
+
+    def before_tags():
+        allowed = scheme.allowed_mask(roles)
+        return viterbi_decode(emissions, lengths, crf.start, crf.end, crf.transitions, allowed=allowed)
+
+    def before_with_marginals():
+        allowed = scheme.allowed_mask(roles)
+        viterbi_decode(emissions, lengths, crf.start, crf.end, crf.transitions, allowed=allowed)
+        masked = np.where(allowed, emissions, np.float32(FORBIDDEN_SCORE))
+        return crf_marginals(masked, lengths, crf.start, crf.end, crf.transitions)
+
+    def after_tags():
+        return lattice.decode(emissions, lengths, roles)
+
+    def after_with_marginals():
+        lattice.decode(emissions, lengths, roles)
+        return lattice.marginals(emissions, lengths, roles)
+
+    return time_decoders(
+        {"before: tags": before_tags, "before: tags + marginals": before_with_marginals,
+         "BIO lattice: tags": after_tags, "BIO lattice: tags + marginals": after_with_marginals},
+        repeats, minimum_seconds,
+    )  # fmt: skip
+
+
+def format_word_table(timings: dict[str, float]) -> str:
+    lines = [
+        f"| B = {TARGET_BATCH_SIZE}, L = {SEQ_LENGTH} | before (position mask, 13 tags) ms "
+        "| BIO lattice (21 states) ms | after / before |",
+        "|---|---:|---:|---:|",
+    ]
+    for what in ("tags", "tags + marginals"):
+        before, after = timings[f"before: {what}"], timings[f"BIO lattice: {what}"]
+        lines.append(f"| {what} | {before:.3f} | {after:.3f} | {after / before:.2f} |")
+    return "\n".join(lines)
+
+
 def format_table(rows: list[dict[str, float]]) -> str:
     def cell(row: dict[str, float], name: str) -> str:
         return f"{row[name]:.3f}" if name in row else "n/a"
@@ -185,7 +254,9 @@ def machine_info(torch_threads: int) -> list[str]:
     ]
 
 
-def markdown_report(rows: list[dict[str, float]], command: str, torch_threads: int, repeats: int) -> str:
+def markdown_report(
+    rows: list[dict[str, float]], command: str, torch_threads: int, repeats: int, word_timings: dict[str, float]
+) -> str:
     lines = [
         "# CRF Viterbi decoding: native vs numpy vs pytorch-crf",
         "",
@@ -203,6 +274,17 @@ def markdown_report(rows: list[dict[str, float]], command: str, torch_threads: i
         format_table(rows),
         "",
         target_summary(rows),
+        "",
+        "## The runtime's decode step: before and after word-level BIO constraints",
+        "",
+        f"Median milliseconds per call over {repeats} interleaved samples, {TARGET_BATCH_SIZE} posts of word-pieces "
+        "([CLS], words of 1 to 3 pieces, [SEP]; lengths as above), 4 entity types, native extension where built. "
+        "before: Viterbi under the position-level allowed-tag mask and log-space `crf_marginals`, what "
+        "`decode_words` ran until the BIO constraints. BIO lattice: `BioLattice.decode` (Viterbi over the 13 tags "
+        "plus one X state per entity tag) and `BioLattice.marginals` (`crf_marginals_scaled`). "
+        "The runtime's pipeline decodes with marginals (each word's score).",
+        "",
+        format_word_table(word_timings),
     ]
     return "\n".join(lines) + "\n"
 
@@ -232,8 +314,10 @@ def main(argv: list[str] | None = None) -> None:
 
     repeats, minimum_seconds = (5, 0.002) if args.quick else (25, 0.02)
     rows = run_benchmark(repeats, minimum_seconds, args.seed)
+    logger.info("B = %d: timing the decode step before and after BIO constraints", TARGET_BATCH_SIZE)
+    word_timings = run_word_decoding_benchmark(repeats, minimum_seconds, args.seed)
     command = shlex.join(["python", "-m", "mner.benchmarks.viterbi", *(sys.argv[1:] if argv is None else argv)])
-    report = markdown_report(rows, command, args.torch_threads, repeats)
+    report = markdown_report(rows, command, args.torch_threads, repeats, word_timings)
     print(report)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -133,6 +133,22 @@ class TagScheme:
         table[Role.SEP, index[SEP]] = True
         return table[roles]
 
+    def bio_follow_mask(self) -> np.ndarray:
+        """(T, T) bool: may the next word take tag j (column) after a word tagged i (row)?
+
+        BIO's rule: I-x only continues an entity of type x, so it may follow B-x or I-x and
+        nothing else (not O, not another type). Rows of the non-word tags (<pad>, X, [CLS],
+        [SEP]) are the row of O, "no entity open": what a post may start with. Columns of
+        non-word tags are all True; where they may stand is the allowed mask's business.
+        """
+        index = self.index
+        follow = np.ones((self.num_tags, self.num_tags), dtype=bool)  # (from, to)
+        for entity_type in self.entity_types:
+            inside, begin = index[f"I-{entity_type}"], index[f"B-{entity_type}"]
+            follow[:, inside] = False
+            follow[[begin, inside], inside] = True
+        return follow
+
     def to_json(self) -> dict:
         """A JSON-ready dict for checkpoints and bundles (the tag lists are stored to be checked on load)."""
         return {
@@ -177,3 +193,20 @@ def entities_from_bio(tags: list[str]) -> list[tuple[str, int, int]]:
     if current is not None:
         entities.append((current[0], current[1], len(tags)))
     return entities
+
+
+def bio_violations(tags: Sequence[str]) -> list[int]:
+    """Positions whose tag breaks BIO: an I-x that does not continue an entity of type x.
+
+    That is I-x first, after O, or after B-y/I-y of another type. conlleval reads such
+    an I-x as the start of an entity, so the entities are still defined; the sequence is
+    just not well-formed. Raises ValueError on anything that is not a BIO tag.
+    """
+    violations = []
+    previous_type: str | None = None  # the open entity's type, None outside entities
+    for position, tag in enumerate(tags):
+        prefix, entity_type = parse_bio(tag)
+        if prefix == "I" and entity_type != previous_type:
+            violations.append(position)
+        previous_type = entity_type
+    return violations

@@ -134,6 +134,30 @@ def crf_marginals(
     return _crf_marginals_numpy(*inputs)
 
 
+def crf_marginals_scaled(emissions: Any, lengths: Any, start: Any, end: Any, transitions: Any) -> np.ndarray:
+    """:func:`crf_marginals` by forward-backward in scaled probability space (numpy, float64).
+
+    Scores are exponentiated once (emissions shifted by each position's maximum,
+    transitions, start and end by their own), and the forward and backward vectors are
+    renormalised at every step, as in CRFsuite; so a step is a (B, T) x (T, T) matrix
+    product instead of B * T * T exponentials, which makes it several times faster than
+    the log-space backends at the runtime's tag counts (T = 13 to 21, L = 64). The result
+    agrees with them to float32 rounding for any realistic scores. Where a step's vector
+    underflows to nothing (scores hundreds of nats apart), it returns the log-space
+    :func:`crf_marginals` instead. A score of -1e30 or below has probability exactly 0 in
+    both, which is how callers rule out a tag or a move.
+
+    Arguments and result are those of :func:`crf_marginals`.
+    """
+    inputs = _validate(emissions, lengths, start, end, transitions)
+    marginals = _crf_marginals_scaled(*inputs)
+    if marginals is None:
+        logger.debug("scaled forward-backward underflowed; using the log-space marginals")
+        module = _select_backend("auto")
+        return module.crf_marginals(*inputs) if module is not None else _crf_marginals_numpy(*inputs)
+    return marginals
+
+
 def _select_backend(backend: str) -> ModuleType | None:
     """The extension module to call, or None for the numpy fallback."""
     if backend not in BACKENDS:
@@ -299,7 +323,54 @@ def _crf_marginals_numpy(
 
     batch_index = np.arange(batch_size)
     log_partition = _log_sum_exp(alpha[batch_index, last] + end, axis=1)  # (B,)
-    marginals = np.exp(alpha + beta - log_partition[:, None, None])
+    with np.errstate(over="ignore"):  # only at padding positions, whose prefixes run past the length; zeroed below
+        marginals = np.exp(alpha + beta - log_partition[:, None, None])
     padding = np.arange(seq_length)[None, :] >= lengths[:, None]  # (B, L)
     marginals[padding] = 0.0
+    return marginals.astype(np.float32)
+
+
+def _crf_marginals_scaled(
+    emissions: np.ndarray,
+    lengths: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    transitions: np.ndarray,
+) -> np.ndarray | None:
+    """The marginals, or None where a real position's forward or backward vector underflowed."""
+    batch_size, seq_length, num_tags = emissions.shape
+    if batch_size == 0:
+        return np.zeros(emissions.shape, dtype=np.float32)
+    # Time-major (L, B, T), so that each step reads and writes contiguous rows.
+    factors = np.ascontiguousarray(emissions.transpose(1, 0, 2), dtype=np.float64)
+    factors -= factors.max(axis=2, keepdims=True)
+    np.exp(factors, out=factors)  # exp(emission - its position's maximum), max 1
+    moves = np.exp(transitions.astype(np.float64) - transitions.max())  # (T, T), max 1
+    moves_transposed = np.ascontiguousarray(moves.T)
+    first = np.exp(start.astype(np.float64) - start.max())  # (T,)
+    terminal = np.exp(end.astype(np.float64) - end.max())  # (T,)
+    last = lengths - 1  # (B,)
+
+    with np.errstate(divide="ignore", invalid="ignore", under="ignore"):
+        # alpha[t] is proportional to the summed score of every prefix ending at t in each tag
+        alpha = np.empty(factors.shape)  # (L, B, T)
+        np.multiply(first, factors[0], out=alpha[0])
+        alpha[0] /= alpha[0].sum(axis=1, keepdims=True)
+        for t in range(1, seq_length):
+            step = np.matmul(alpha[t - 1], moves, out=alpha[t])
+            step *= factors[t]
+            step /= step.sum(axis=1, keepdims=True)
+        # beta[t] is proportional to the summed score of every suffix after each tag at t
+        beta = np.empty(factors.shape)  # (L, B, T)
+        beta[seq_length - 1] = terminal
+        for t in range(seq_length - 2, -1, -1):
+            step = np.matmul(factors[t + 1] * beta[t + 1], moves_transposed, out=beta[t])
+            step /= step.sum(axis=1, keepdims=True)
+            step[last == t] = terminal  # a sequence's last position starts its own recursion
+        marginals = alpha * beta
+        marginals /= marginals.sum(axis=2, keepdims=True)
+    marginals = marginals.transpose(1, 0, 2)  # (B, L, T)
+    marginals[np.arange(seq_length)[None, :] >= lengths[:, None]] = 0.0  # padding
+    if not np.isfinite(marginals).all():
+        return None
     return marginals.astype(np.float32)

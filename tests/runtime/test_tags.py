@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from mner.runtime.tags import AUX_TAGS, Role, TagScheme, entities_from_bio, parse_bio
+from mner.runtime.tags import AUX_TAGS, Role, TagScheme, bio_violations, entities_from_bio, parse_bio
 
 TYPES = ("PER", "LOC", "ORG", "MISC")
 
@@ -142,3 +142,35 @@ def test_entities_agree_with_seqeval_on_random_sequences():
         tags = [rng.choice(vocabulary) for _ in range(rng.randint(0, 12))]
         expected = [(t, start, end + 1) for t, start, end in get_entities(tags)]
         assert entities_from_bio(tags) == expected, tags
+
+
+def test_bio_follow_mask():
+    scheme = TagScheme(("LOC", "PER"))
+    follow = scheme.bio_follow_mask()
+    names = scheme.tags
+    allowed = {(names[i], names[j]) for i, j in zip(*np.nonzero(follow))}
+    for previous in names:
+        for tag in ("O", "B-LOC", "B-PER", "X", "[SEP]"):
+            assert (previous, tag) in allowed
+    assert {previous for previous in names if (previous, "I-PER") in allowed} == {"B-PER", "I-PER"}
+    assert {previous for previous in names if (previous, "I-LOC") in allowed} == {"B-LOC", "I-LOC"}
+
+
+@pytest.mark.parametrize(
+    "tags, expected",
+    [
+        ([], []),
+        (["O", "B-PER", "I-PER", "O"], []),
+        (["I-PER", "I-PER"], [0]),
+        (["O", "I-PER"], [1]),
+        (["B-LOC", "I-PER", "I-PER"], [1]),
+        (["I-LOC", "I-PER", "B-PER", "I-PER", "O", "I-LOC"], [0, 1, 5]),
+    ],
+)
+def test_bio_violations(tags, expected):
+    assert bio_violations(tags) == expected
+
+
+def test_bio_violations_rejects_non_bio():
+    with pytest.raises(ValueError, match="expected a BIO tag"):
+        bio_violations(["O", "X"])

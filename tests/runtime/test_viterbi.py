@@ -426,3 +426,67 @@ def test_native_calls_release_the_gil(name):
     crf = long_enough_inputs(call, seq_length=64, num_tags=256 if name == "viterbi_decode" else 64)
 
     assert samples_taken_during(lambda: call(**crf)) > 10
+
+
+# --- crf_marginals_scaled: forward-backward in scaled probability space -----------------------------
+
+
+def test_scaled_marginals_match_brute_force():
+    rng = np.random.default_rng(21)
+    for num_tags, seq_length in itertools.product(range(1, 5), range(1, 5)):
+        crf = random_crf(rng, 4, seq_length, num_tags, scale=2.0)
+
+        marginals = viterbi_module.crf_marginals_scaled(**crf)
+
+        assert marginals.dtype == np.float32 and marginals.shape == (4, seq_length, num_tags)
+        for b, length in enumerate(crf["lengths"]):
+            paths, path_scores = brute_force_path_scores(crf, b)
+            probabilities = np.exp(path_scores - path_scores.max())
+            probabilities /= probabilities.sum()
+            expected = np.zeros((length, num_tags))  # (length, T)
+            for position in range(length):
+                np.add.at(expected[position], paths[:, position], probabilities)
+            np.testing.assert_allclose(marginals[b, :length], expected, atol=1e-5)
+            assert (marginals[b, length:] == 0).all()
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0, 50.0])
+def test_scaled_marginals_agree_with_log_space(scale):
+    rng = np.random.default_rng(22)
+    crf = random_crf(rng, 16, 40, 21, scale=scale)
+    np.testing.assert_allclose(viterbi_module.crf_marginals_scaled(**crf), crf_marginals(**crf, backend="numpy"),
+                               atol=1e-6)  # fmt: skip
+
+
+def test_scaled_marginals_treat_minus_1e30_as_impossible():
+    rng = np.random.default_rng(23)
+    crf = random_crf(rng, 4, 12, 5)
+    crf["transitions"][:, 2] = -1.0e30  # tag 2 only at the first position
+    crf["emissions"][:, :, 3] = -1.0e30  # tag 3 nowhere
+    marginals = viterbi_module.crf_marginals_scaled(**crf)
+    assert (marginals[:, 1:, 2] == 0).all() and (marginals[..., 3] == 0).all()
+    np.testing.assert_allclose(marginals, crf_marginals(**crf, backend="numpy"), atol=1e-6)
+
+
+def test_scaled_marginals_fall_back_to_log_space_where_they_underflow(caplog):
+    # Tag 0 is certain at the first step and every move out of it costs 1000 nats more than the
+    # best move anywhere: the scaled forward vector of step 1 underflows to nothing.
+    crf = random_crf(np.random.default_rng(24), 2, 5, 3)
+    crf["start"][:] = [0.0, -2000.0, -2000.0]
+    crf["transitions"][:] = 0.0
+    crf["transitions"][0, :] = -1000.0
+    assert viterbi_module._crf_marginals_scaled(*viterbi_module._validate(**crf)) is None
+    with caplog.at_level(logging.DEBUG, logger="mner.runtime.viterbi"):
+        marginals = viterbi_module.crf_marginals_scaled(**crf)
+    assert "underflowed" in caplog.text
+    np.testing.assert_allclose(marginals, crf_marginals(**crf, backend="numpy"), atol=1e-6)
+    assert np.isfinite(marginals).all()
+
+
+def test_scaled_marginals_validate_and_handle_an_empty_batch():
+    empty = random_crf(np.random.default_rng(25), 0, 3, 4)
+    assert viterbi_module.crf_marginals_scaled(**empty).shape == (0, 3, 4)
+    crf = random_crf(np.random.default_rng(25), 2, 3, 4)
+    crf["emissions"][0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="emissions must be finite"):
+        viterbi_module.crf_marginals_scaled(**crf)
