@@ -96,10 +96,10 @@ def read_conll(path: str | Path) -> list[ConllPost]:
     if odd_words:
         # ascii(): the examples are invisible or look like a space when printed as they are
         examples = ", ".join(ascii(word) for word, _ in Counter(odd_words).most_common(_EXAMPLES))
+        count = "1 word is" if len(odd_words) == 1 else f"{len(odd_words)} words are"
         logger.warning(
-            "%s: %d words are whitespace to Python or emptied by BERT's text cleaning (e.g. %s); each keeps its "
-            "slot and its tag, and the model sees [UNK] for a word the cleaning empties",
-            path, len(odd_words), examples,
+            "%s: %s whitespace to Python or emptied by BERT's text cleaning (e.g. %s); each keeps its slot and its "
+            "tag, and the model sees [UNK] for a word the cleaning empties", path, count, examples,
         )  # fmt: skip
     return posts
 

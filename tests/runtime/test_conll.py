@@ -26,7 +26,7 @@ def test_a_lone_no_break_space_token_is_a_word_with_its_tag(tmp_path, caplog):
         posts = read_conll(path)
     assert posts == [ConllPost("1", ["RT", "\xa0", "Paris"], ["O", "O", "B-LOC"]), ConllPost("2", ["ok"], ["O"])]
     [warning] = odd_warnings(caplog)
-    assert "1 words" in warning.getMessage() and "'\\xa0'" in warning.getMessage() and str(path) in warning.getMessage()
+    assert "1 word is whitespace to Python" in warning.getMessage() and "'\\xa0'" in warning.getMessage() and str(path) in warning.getMessage()
 
 
 def test_words_cleaning_empties_keep_their_slots_and_one_warning_counts_them(tmp_path, caplog):
