@@ -32,7 +32,11 @@ to the bundle, with "/" separators::
     crf              {"file": "crf.npz", "dtype": "float32",
                       "arrays": {"start": [T], "end": [T], "transitions": [T, T]}}
     tokenizer        {"dir": "tokenizer", "files": [names], "max_length": word-pieces incl. [CLS]/[SEP]}
-    preprocessing    {"image": mner.runtime.image.preprocessing_constants(), with "detector_size" set to the
+    preprocessing    {"text": {"splitter": how raw text is split into words, a name in
+                                mner.runtime.splitters.SPLITTERS: "tweet" for a model trained on
+                                TWITTER-format data, "whitespace" for text split on spaces; a
+                                manifest without it reads as "tweet", see mner.runtime.bundle},
+                      "image": mner.runtime.image.preprocessing_constants(), with "detector_size" set to the
                                 exported detector's input side,
                       "objects": {"score_threshold", "iou_threshold", "max_objects", "top_k", "labels"}:
                                 the arguments of mner.runtime.coco.select_objects and the detector's K}

@@ -159,6 +159,7 @@ def export_bundle(
                 "max_length": checkpoint.text_encoder.max_length,
             },
             "preprocessing": {
+                "text": {"splitter": checkpoint.splitter},
                 "image": {**preprocessing_constants(), "detector_size": detector_size},
                 "objects": {**detector_stage.selection_settings(checkpoint.config.num_objects), "top_k": DETECTOR_TOP_K},
             },

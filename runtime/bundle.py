@@ -30,6 +30,7 @@ import numpy as np
 
 from mner.runtime.decode import CRFParameters
 from mner.runtime.image import preprocessing_constants
+from mner.runtime.splitters import SPLITTERS
 from mner.runtime.tags import TagScheme
 from mner.runtime.text import TextEncoder
 
@@ -44,6 +45,12 @@ PRECISIONS = ("fp32", "fp16")
 # Image preprocessing entries that must equal this runtime's for the graphs to see the
 # inputs they were exported for ("detector_size" and "max_pixels" are per bundle).
 _PREPROCESSING_KEYS = ("version", "channel_order", "layout", "vision_size", "mean", "std")
+
+# How raw text is split into words, for a bundle whose manifest does not say
+# (preprocessing.text.splitter came later). Every model before it was trained by
+# mner-train, which reads TWITTER-format CoNLL files only, whose words were split by the
+# tweet tokenizer that ``runtime.splitters.split_tweet`` reproduces.
+LEGACY_SPLITTER = "tweet"
 
 
 class BundleError(ValueError):
@@ -180,6 +187,11 @@ class Bundle:
         return {key: objects[key] for key in ("score_threshold", "iou_threshold", "max_objects")}
 
     @property
+    def splitter(self) -> str:
+        """How raw text must be split into words for this model (``runtime.splitters``)."""
+        return self.manifest["preprocessing"].get("text", {}).get("splitter", LEGACY_SPLITTER)
+
+    @property
     def has_images(self) -> bool:
         """Whether the bundle holds the two image stages (a tagger-only bundle tags text only)."""
         return "detector" in self.stages and "vision" in self.stages
@@ -266,6 +278,9 @@ class Bundle:
             if "detector" in self.stages and image.get("detector_size") != self.stages["detector"].facts.get("size"):
                 problems.append(f"preprocessing.image.detector_size {image.get('detector_size')} differs from the "
                                 f"detector's size {self.stages['detector'].facts.get('size')}")  # fmt: skip
+        text = preprocessing.get("text", {"splitter": LEGACY_SPLITTER})
+        if not isinstance(text, dict) or text.get("splitter") not in SPLITTERS:
+            problems.append(f"preprocessing.text must name a word splitter in {sorted(SPLITTERS)}, got {text!r}")
         if self.has_images:
             objects = preprocessing.get("objects")
             needed = ("score_threshold", "iou_threshold", "max_objects")

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import BertConfig, BertModel
 
+from mner.runtime.bundle import LEGACY_SPLITTER
 from mner.runtime.decode import CRFParameters
 from mner.runtime.tags import TagScheme
 from mner.runtime.text import TextEncoder
@@ -48,6 +49,13 @@ class Checkpoint:
     @property
     def config(self) -> ModelConfig:
         return self.model.config
+
+    @property
+    def splitter(self) -> str:
+        """How raw text must be split for this model; checkpoints from before mner-train
+        recorded it (and mner-convert's, from the authors' TWITTER models) read as the
+        bundle reader's legacy default, "tweet"."""
+        return (self.payload.get("train_args") or {}).get("splitter", LEGACY_SPLITTER)
 
     def crf_parameters(self) -> CRFParameters:
         return self.model.crf.host_parameters()

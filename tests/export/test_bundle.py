@@ -63,6 +63,7 @@ def test_manifest_records_versions_preprocessing_and_weights(bundle):
     manifest = read_manifest(bundle)
     versions = manifest["versions"]
     assert versions["torch"] and versions["onnx"] and versions["onnxruntime"] and versions["tensorrt"] is None
+    assert manifest["preprocessing"]["text"] == {"splitter": "tweet"}  # mner-train's default: TWITTER-format data
     image = manifest["preprocessing"]["image"]
     assert image["vision_size"] == 224 and image["detector_size"] == 128 and len(image["mean"]) == 3
     assert manifest["preprocessing"]["objects"] | {"labels": None} == {
