@@ -142,8 +142,12 @@ def _model_overrides(augmentation: str | None, fusion: str | None, no_aux_task: 
 @click.option("--detector-weights", type=click.Path(exists=True, dir_okay=False))
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def eval_command(ckpt, data_path, images_dir, resnet_weights, detector_weights, device, as_json) -> None:
-    """Entity-level P/R/F1 (micro and per type, conlleval semantics) of a checkpoint on a CoNLL file."""
+@click.option("--decoding", type=click.Choice(["constrained", "reference"]), default="constrained", show_default=True,
+              help="constrained: well-formed BIO word tags, conlleval scoring (what training and mner-tag use). "
+                   "reference: as the MGCMT authors evaluated (unconstrained crf.decode, the tag at each word's first "
+                   "piece even if X/[CLS]/[SEP], seqeval micro avg), to check a converted checkpoint against their figures.")  # fmt: skip
+def eval_command(ckpt, data_path, images_dir, resnet_weights, detector_weights, device, as_json, decoding) -> None:
+    """Entity-level P/R/F1 (micro and per type) of a checkpoint on a CoNLL file."""
     _setup_logging(False)
     from mner.train.metrics import format_report
     from mner.train.trainer import evaluate_checkpoint
@@ -156,10 +160,11 @@ def eval_command(ckpt, data_path, images_dir, resnet_weights, detector_weights, 
             resnet_weights=_optional_path(resnet_weights),
             detector_weights=_optional_path(detector_weights),
             device=device,
+            decoding=decoding,
         )
     except ValueError as error:
         raise click.ClickException(str(error)) from error
-    click.echo(json.dumps(result, indent=2) if as_json else format_report(result))
+    click.echo(json.dumps(result, indent=2) if as_json else f"decoding: {decoding}\n{format_report(result)}")
 
 
 @click.command()

@@ -24,16 +24,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mner.runtime.decode import decode_words
+from mner.runtime.decode import DECODINGS, decode_words
 from mner.runtime.image import DETECTOR_SIZE
 from mner.runtime.tags import TagScheme
-from mner.runtime.text import TextEncoder, label_ids
+from mner.runtime.text import TextEncoder, bert_cleaning_empties, label_ids
 from mner.train.augment import build_augmentation_table, load_word_vectors, train_word2vec
 from mner.train.chars import SPECIALS as SPECIAL_CHARS
 from mner.train.chars import build_char_vocab, char_ids
 from mner.train.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from mner.train.data import Post, check_entity_types, read_conll, sha256_file
-from mner.train.metrics import evaluate_entities
+from mner.train.metrics import evaluate_entities, evaluate_reference
 from mner.train.model import MGCMT, ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -333,9 +333,13 @@ def batches(examples: list[Example], batch_size: int, order: list[int]) -> Itera
 @torch.no_grad()
 def predict(
     model: MGCMT, examples: list[Example], features: Features, scheme: TagScheme, pad_id: int,
-    device: torch.device, batch_size: int = 64, progress: bool = False,
+    device: torch.device, batch_size: int = 64, progress: bool = False, decoding: str = "constrained",
 ) -> list[list[str]]:  # fmt: skip
-    """Word tags for every example, in order (deterministic: eval mode, no sampling)."""
+    """Word tags for every example, in order (deterministic: eval mode, no sampling).
+
+    decoding: "constrained" (well-formed BIO, what training and the runtime use) or
+    "reference" (the authors' unconstrained decode; see mner.runtime.decode).
+    """
     was_training = model.training
     model.eval()
     crf = model.crf.host_parameters()
@@ -345,7 +349,8 @@ def predict(
         batch = collate(chunk, features, model.config, pad_id)
         emissions, _ = model(**model_inputs(batch, device))
         lengths = batch["attention_mask"].sum(dim=1).numpy()
-        decoded = decode_words(emissions.float().cpu().numpy(), lengths, batch["roles"].numpy(), scheme, crf)
+        decoded = decode_words(emissions.float().cpu().numpy(), lengths, batch["roles"].numpy(), scheme, crf,
+                               decoding=decoding)  # fmt: skip
         predictions.extend(decoded.word_tags)
     model.train(was_training)
     return predictions
@@ -514,8 +519,20 @@ def evaluate_checkpoint(
     resnet_weights: Path | None = None,
     detector_weights: Path | None = None,
     device: str = "auto",
+    decoding: str = "constrained",
 ) -> dict[str, Any]:
-    """Entity-level scores of a checkpoint on one CoNLL + IMGID file (deterministic)."""
+    """Entity-level scores of a checkpoint on one CoNLL + IMGID file (deterministic).
+
+    decoding "constrained" (default): well-formed BIO word tags, scored with conlleval's
+    rules, as training and the runtime do. "reference": as the authors' evaluation, to
+    check a converted checkpoint against their published figures: unconstrained Viterbi,
+    the tag read at each word's first piece whatever it is, seqeval's micro average
+    (``metrics.evaluate_reference``), and the words BERT's cleaning empties dropped from
+    input and scoring (their tokenize() returns nothing for such a word, so its slot and its
+    label vanish). The result says which decoding produced it.
+    """
+    if decoding not in DECODINGS:
+        raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
     torch_device = resolve_device(device)
     checkpoint = load_checkpoint(checkpoint_path, map_location=torch_device)
     model = checkpoint.model.to(torch_device)
@@ -523,6 +540,8 @@ def evaluate_checkpoint(
     if not posts:
         raise ValueError(f"{data_path} holds no posts")
     check_entity_types(posts, checkpoint.scheme.entity_types, str(data_path), f"checkpoint {checkpoint_path}")
+    if decoding == "reference":
+        posts = [_without_emptied_words(post) for post in posts]
     encoder, config = checkpoint.text_encoder, checkpoint.config
     examples = []
     for index, (post, encoded) in enumerate(zip(posts, encoder.encode_many([post.words for post in posts]))):
@@ -540,5 +559,15 @@ def evaluate_checkpoint(
                      detector_size=trained_with.get("detector_size", DETECTOR_SIZE),
                      seed=trained_with.get("seed", 42))  # fmt: skip
     features = split_features(args, posts, config)
-    predictions = predict(model, examples, features, checkpoint.scheme, encoder.pad_id, torch_device, progress=True)
-    return evaluate_entities([e.word_tags for e in examples], predictions)
+    predictions = predict(model, examples, features, checkpoint.scheme, encoder.pad_id, torch_device, progress=True,
+                          decoding=decoding)  # fmt: skip
+    score = evaluate_reference if decoding == "reference" else evaluate_entities
+    return {**score([e.word_tags for e in examples], predictions), "decoding": decoding}
+
+
+def _without_emptied_words(post: Post) -> Post:
+    """The post as the authors' pipeline sees it: without the words BERT's cleaning empties."""
+    kept = [i for i, word in enumerate(post.words) if not bert_cleaning_empties(word)]
+    if len(kept) == len(post.words):
+        return post
+    return dataclasses.replace(post, words=[post.words[i] for i in kept], tags=[post.tags[i] for i in kept])
