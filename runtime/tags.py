@@ -210,3 +210,16 @@ def bio_violations(tags: Sequence[str]) -> list[int]:
             violations.append(position)
         previous_type = entity_type
     return violations
+
+
+def repair_bio(tags: Sequence[str]) -> list[str]:
+    """The tags with every I-x that does not continue an entity of type x made B-x.
+
+    conlleval already reads such an I-x as the start of an entity, so the entities do not
+    change: only their spelling becomes well-formed. For sequences stitched from windows
+    decoded apart, where each window's tags are well-formed but a seam may not be.
+    """
+    repaired = list(tags)
+    for position in bio_violations(repaired):
+        repaired[position] = "B-" + repaired[position][2:]
+    return repaired

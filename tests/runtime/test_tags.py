@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from mner.runtime.tags import AUX_TAGS, Role, TagScheme, bio_violations, entities_from_bio, parse_bio
+from mner.runtime.tags import AUX_TAGS, Role, TagScheme, bio_violations, entities_from_bio, parse_bio, repair_bio
 
 TYPES = ("PER", "LOC", "ORG", "MISC")
 
@@ -174,3 +174,15 @@ def test_bio_violations(tags, expected):
 def test_bio_violations_rejects_non_bio():
     with pytest.raises(ValueError, match="expected a BIO tag"):
         bio_violations(["O", "X"])
+
+
+def test_repair_bio_keeps_the_entities_and_makes_the_tags_well_formed():
+    rng = random.Random(4)
+    tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    for _ in range(200):
+        sequence = [rng.choice(tags) for _ in range(rng.randint(0, 10))]
+        repaired = repair_bio(sequence)
+        assert not bio_violations(repaired)
+        assert entities_from_bio(repaired) == entities_from_bio(sequence)
+        assert [t for t, s in zip(repaired, sequence) if t != s] == ["B-" + sequence[i][2:] for i in bio_violations(sequence)]
+    assert repair_bio(["O", "I-PER", "I-LOC"]) == ["O", "B-PER", "B-LOC"]
