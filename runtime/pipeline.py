@@ -20,10 +20,31 @@ For each batch of posts:
    ``runtime.spans`` the entities with offsets into the original text.
 
 A post that cannot be tagged -- empty or whitespace-only text, a text that is not a
-string, a picture that is not a usable image -- gets its own ``error`` and the rest of
-the batch is tagged. With ``on_bad_image="text-only"`` an unusable picture is
-dropped instead (the post is tagged from its text, ``image_error`` says why): "no
-image", never another picture.
+string, a text with a UTF-16 surrogate, a picture that is not a usable image -- gets its
+own ``error`` and the rest of the batch is tagged. With ``on_bad_image="text-only"`` an
+unusable picture is dropped instead (the post is tagged from its text, ``image_error``
+says why): "no image", never another picture.
+
+Odd characters, class by class (``runtime.textcheck``; what an exported bundle's BERT
+tokenizer was seen to do, tests/runtime/test_odd_text.py):
+
+- lone surrogates U+D800..U+DFFF (JSON "\\ud800", a tweet cut inside an emoji): no UTF-8
+  form, and the tokenizer (Rust) takes UTF-8 only, so the post's error names the code
+  point and its character offset: "text has a lone surrogate U+D800 at character 4; ...".
+  Both halves of a pair as two code points get "a UTF-16 surrogate pair ..." likewise.
+- tagged, offsets exact into the text as sent: NUL, C0/C1 controls and DEL, BIDI
+  embeddings, overrides, isolates and marks (U+202A..U+202E, U+2066..U+2069, U+200F),
+  zero-width characters (U+200B..U+200D, U+2060, U+FEFF), tag characters, private use,
+  U+FFFD: BERT's normaliser drops them from a word's pieces, and a word of nothing else
+  is [UNK]. Non-characters (U+FFFE, U+FFFF, U+FDD0..U+FDEF, U+10FFFF) and unassigned
+  code points: the normaliser keeps them, no vocabulary has them, so their word is
+  [UNK]. The tweet splitter makes each of these characters a word of its own; U+2028
+  and U+2029 are whitespace.
+
+Whatever else goes wrong: should tagging a batch raise (anything but KeyboardInterrupt or
+SystemExit), its posts are tagged again one by one, so only a post that fails alone
+gets an error ("tagging failed: <exception class>: <message>", its traceback in the log
+as one warning) and every other post gets what tagging it alone gives.
 """
 
 from __future__ import annotations
@@ -34,7 +55,7 @@ import os
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -47,12 +68,14 @@ from mner.runtime.runners import BACKENDS, OrtRunner, Runner, TrtRunner, tensorr
 from mner.runtime.spans import Entity, entities_from_words
 from mner.runtime.tags import TagScheme
 from mner.runtime.text import EncodedText, TextEncoder, Word, split_words
+from mner.runtime.textcheck import text_problem
 from mner.runtime.windows import Window, plan_windows
 
 logger = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("error", "text-only")
 DEFAULT_BATCH_SIZE = 16
+TAGGING_FAILED = "tagging failed"  # starts the error of a post whose tagging raised (see Pipeline._tag_batch)
 
 
 @dataclass(frozen=True)
@@ -329,6 +352,9 @@ class Pipeline:
             return _Item("", [], None, TagResult(error=f"text must be a string, got {type(post.text).__name__}"))
         if post.image is not None and not isinstance(post.image, (bytes, bytearray, memoryview)):
             return _Item("", [], None, TagResult(error=f"image must be bytes or None, got {type(post.image).__name__}"))
+        problem = text_problem(post.text)  # a text the tokenizer cannot take: this post's error, not its batch's
+        if problem is not None:
+            return _Item(post.text, [], None, TagResult(error=problem))
         words = split_words(post.text)
         if not words:
             what = "empty" if not post.text else "whitespace only"
@@ -341,8 +367,50 @@ class Pipeline:
         return [item.result for item in items]
 
     def _tag_batch(self, items: list[_Item]) -> None:
+        """Tag ``items`` together. Should that raise (anything but KeyboardInterrupt or SystemExit), tag
+        each post alone: a post that fails alone too gets the error (``TAGGING_FAILED``: the exception's
+        class and message; its traceback goes to the log), every other post what tagging it alone gives."""
         if not items:
             return
+        # Tagging changes an item's image and result (in place): kept as they came, to start again.
+        initial = [(item.image, replace(item.result)) for item in items]
+        try:
+            self._tag_together(items)
+            return
+        except Exception as error:  # noqa: BLE001 -- re-done post by post below; KeyboardInterrupt goes through
+            batch_error = error
+        self._settle_images()
+        if len(items) == 1:  # alone already
+            self._tagging_failed(items[0], initial[0][0] is not None, batch_error)
+            return
+        logger.info("tagging a batch of %d posts failed (%s: %s); tagging them one by one",
+                    len(items), type(batch_error).__name__, batch_error)  # fmt: skip
+        failed = 0
+        for item, (image, result) in zip(items, initial):
+            alone = _Item(item.text, item.words, image, result)
+            try:
+                self._tag_together([alone])
+            except Exception as error:  # noqa: BLE001 -- this post's own error
+                self._settle_images()
+                self._tagging_failed(alone, image is not None, error)
+                failed += 1
+            item.result = alone.result
+        if not failed:  # it failed together but not alone: the batch's traceback is the only clue
+            logger.warning("a batch of %d posts failed, yet each of its posts tagged alone", len(items), exc_info=batch_error)
+
+    def _tagging_failed(self, item: _Item, with_picture: bool, error: Exception) -> None:
+        logger.warning("tagging a post failed (%d characters, %s): that post gets the error", len(item.text),
+                       "with a picture" if with_picture else "no picture", exc_info=error)  # fmt: skip
+        item.result = TagResult(error=f"{TAGGING_FAILED}: {type(error).__name__}: {error}")
+
+    def _settle_images(self) -> None:
+        """After a failure the detector and vision stages may still be running in the pool: wait for them
+        (a runner need not take two calls at once) and start a new pool with the next batch."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _tag_together(self, items: list[_Item]) -> None:
         features = self._start_images(items)
         items = [item for item in items if item.result.ok]  # a bad picture may have ended a post
         with self._step("encode"):
