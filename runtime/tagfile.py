@@ -12,8 +12,12 @@ Output, one line per input line, in input order::
     {"id": null, "line": 7, "error": "line 7 is not JSON: Expecting value (column 1)"}
 
 No input line is ever dropped: a line that cannot be tagged (not UTF-8, not JSON, a
-missing or mistyped field, a duplicate id, empty text, an unusable picture) gets an
-``error`` record. ``line`` is the input line number.
+missing or mistyped field, a duplicate id, empty text, a text with a lone surrogate such
+as "\\ud800", an unusable picture, a post whose tagging raised) gets an ``error`` record.
+``line`` is the input line number. A record that holds a lone surrogate (in its id, say)
+is written with JSON's ASCII escapes, the one form it has. Should tagging fail for every
+post of a batch, that is not one post's problem: the run stops (exit 1) with nothing of
+that batch written, and a rerun resumes there.
 
 Resuming: records are appended in batches, each followed by flush + fsync. Run again
 with the same --output and every input line that already has a record is skipped (by
@@ -43,7 +47,7 @@ from typing import Any, Iterator
 from tqdm.auto import tqdm
 
 from mner.runtime.conll import check_entity_types, evaluate_entities, read_conll
-from mner.runtime.pipeline import Pipeline, Post, TagResult
+from mner.runtime.pipeline import TAGGING_FAILED, Pipeline, Post, TagResult
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +59,10 @@ _WHITESPACE = re.compile(r"\s+")
 
 class OutputError(ValueError):
     """--output exists but is not a file mner-tag can resume."""
+
+
+class PipelineFailed(RuntimeError):
+    """Tagging failed for every post of a batch: the run stops rather than record that as each line's error."""
 
 
 @dataclass
@@ -197,6 +205,12 @@ def _flush(pipeline: Pipeline, entries: list[_Entry], sink, summary: TagSummary)
         results = pipeline.tag_words([e.words for e in to_tag], [e.post.image for e in to_tag])
     else:
         results = pipeline.tag([e.post for e in to_tag])
+    failed = [result.error for result in results if not result.ok and result.error.startswith(TAGGING_FAILED)]
+    if len(to_tag) > 1 and len(failed) == len(to_tag):
+        # Not one post's problem (a runner that died, a device lost): error records would mark every line
+        # done for good, so stop with nothing of this batch written; a rerun resumes here.
+        raise PipelineFailed(f"the pipeline failed on every one of {len(to_tag)} posts in a batch ({failed[0]}); "
+                             "nothing of this batch was written: fix the cause and run again to resume")  # fmt: skip
     for entry, result in zip(to_tag, results):
         entry.record = result_record(result, with_tags=entry.words is not None)
         if not result.ok:
@@ -210,10 +224,21 @@ def _flush(pipeline: Pipeline, entries: list[_Entry], sink, summary: TagSummary)
         else:
             summary.tagged += 1
             summary.entities += len(record["entities"])
-        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-    sink.write("".join(lines).encode("utf-8"))
+        lines.append(record_line(record))
+    sink.write(b"".join(lines))
     sink.flush()
     os.fsync(sink.fileno())
+
+
+def record_line(record: dict[str, Any]) -> bytes:
+    """One output line: JSON as UTF-8, except that a record holding a lone surrogate (an id such as
+    "\\ud800" read from the input, or an image path echoed in an error) is written with ASCII escapes,
+    which json reads back to the same record; raw, it has no UTF-8 form and would stop the run."""
+    text = json.dumps(record, ensure_ascii=False)
+    try:
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(record) + "\n").encode("ascii")
 
 
 def result_record(result: TagResult, with_tags: bool) -> dict[str, Any]:
