@@ -8,9 +8,12 @@ A tagged post is answered as ``mner-tag`` writes it: {"entities": [...], "object
 (plus "image_error" where a picture was dropped). Every refusal is a JSON body
 {"error": {"kind", "message"[, "limit", "value"]}} with a 4xx/5xx status: 413 for a body
 over --max-body-bytes; 422 for a text over --max-text-chars, a picture over the pixel
-limit, too many posts, invalid base64, a corrupt picture or an empty text; 400 for
-malformed JSON; 415 for another content type; 503 + Retry-After when the queue is full
-or the bundle is still warming up; 504 past --timeout-s.
+limit, too many posts, invalid base64, a corrupt picture, an empty text or a text with a
+lone surrogate (JSON "\\ud800", kind "bad text": refused before batching, so it never
+shares a batch); 400 for malformed JSON; 415 for another content type; 503 + Retry-After
+when the queue is full or the bundle is still warming up; 504 past --timeout-s; 500 for a
+post whose tagging raised (the pipeline then tags the rest of its batch alone: the other
+requests batched with it are answered as usual).
 
 On SIGTERM uvicorn stops listening and waits for the requests in flight; the batcher
 then tags whatever was submitted before it stops, so no accepted request goes unanswered.
@@ -31,9 +34,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mner.runtime.image import ImageError, read_header
-from mner.runtime.pipeline import Pipeline, Post, TagResult
+from mner.runtime.pipeline import TAGGING_FAILED, Pipeline, Post, TagResult
 from mner.runtime.serve_batcher import Batcher, Metrics, QueueFull, ServeConfig  # noqa: F401 -- ServeConfig is part of this API
 from mner.runtime.tagfile import decode_base64, result_record
+from mner.runtime.textcheck import text_problem
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +122,8 @@ def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig()) -> FastA
         post = await _read_post(request, config, pipeline.max_pixels)
         (result,) = await _tag(batcher, config, [post])
         if not result.ok:
+            if result.error.startswith(TAGGING_FAILED):  # the pipeline raised on this post: not known to be its fault
+                raise ApiError(500, "internal", result.error)
             raise ApiError(422, "bad image" if result.error.startswith("image:") else "invalid request", result.error)
         return JSONResponse(result_record(result, with_tags=False))
 
@@ -279,6 +285,9 @@ def _check_text(text: str, config: ServeConfig, where: str) -> None:
                        limit="max_text_chars", value=config.max_text_chars)  # fmt: skip
     if not text.strip():
         raise ApiError(422, "empty text", f"{where} is {'empty' if not text else 'whitespace only'}: nothing to tag")
+    problem = text_problem(text, name=where)
+    if problem is not None:
+        raise ApiError(422, "bad text", problem)
 
 
 def _decode_base64(value: str, where: str) -> bytes:

@@ -7,11 +7,17 @@ batch holds ``max_batch`` posts or ``max_wait_ms`` has passed since it took the 
 tags them in one ``pipeline.tag`` call, and resolves each request's future on the loop.
 A request's posts are never split across batches, so a batch request larger than
 ``max_batch`` is tagged whole (the pipeline chunks it at its own batch size).
+
+One request's problem stays its own: a post the pipeline cannot tag gets its error in
+its result (the pipeline re-tags a failing batch post by post), and should
+``pipeline.tag`` raise all the same, the batch's requests are tagged one by one, so only
+the request that fails alone gets the exception (its 500).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import queue
 import threading
@@ -185,21 +191,32 @@ class Batcher:
         posts = [post for job in live for post in job.posts]
         started = time.perf_counter()
         try:
-            results: list[TagResult] | BaseException = self.pipeline.tag(posts)
-        except Exception as error:  # noqa: BLE001 -- each waiting request gets the error as its 500
-            logger.exception("the pipeline failed on a batch of %d posts", len(posts))
-            results = error
+            results = self.pipeline.tag(posts)
+        except Exception as error:  # noqa: BLE001 -- a failure outside the pipeline's own post-by-post retry
+            # Tag each request alone: only one that fails alone too gets the exception (its 500).
+            if len(live) == 1:
+                logger.exception("the pipeline failed on a request of %d posts", len(posts))
+                outcomes: list[list[TagResult] | BaseException] = [error]
+            else:
+                logger.warning("the pipeline failed on a batch of %d requests (%s: %s); tagging them one by one",
+                               len(live), type(error).__name__, error)  # fmt: skip
+                outcomes = [self._tag_alone(job) for job in live]
+        else:
+            ends = list(itertools.accumulate(len(job.posts) for job in live))
+            outcomes = [results[end - len(job.posts) : end] for job, end in zip(live, ends)]
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(posts))
-        start = 0
-        for job in live:
-            if isinstance(results, BaseException):
-                outcome: list[TagResult] | BaseException = results
-            else:
-                outcome = results[start : start + len(job.posts)]
-                start += len(job.posts)
+        for job, outcome in zip(live, outcomes):
+            if not isinstance(outcome, BaseException):
                 self.metrics.posts.inc(len(job.posts))
             job.loop.call_soon_threadsafe(_resolve, job.future, outcome)
+
+    def _tag_alone(self, job: _Job) -> list[TagResult] | BaseException:
+        try:
+            return self.pipeline.tag(job.posts)
+        except Exception as error:  # noqa: BLE001 -- this request's 500
+            logger.exception("the pipeline failed on a request of %d posts", len(job.posts))
+            return error
 
 
 def _resolve(future: asyncio.Future, outcome) -> None:
