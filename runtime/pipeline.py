@@ -9,7 +9,10 @@ For each batch of posts:
 1. the pictures are decoded once and resized twice (``runtime.image``); the detector
    and the vision stage then run concurrently in two threads, and the host keeps the
    best objects (``runtime.coco.select_objects``, with the bundle's settings);
-2. meanwhile the texts are split into words (with character offsets) and word-pieces;
+2. meanwhile the texts are split into words (with character offsets into the text as
+   sent) by the bundle's splitter (``runtime.splitters``: ``tweet`` for models trained on
+   TWITTER-format data, which splits ``#Toronto!`` into ``#`` ``Toronto`` ``!`` as the
+   training data was split), then into word-pieces;
    a post longer than the tagger's window is cut into overlapping windows
    (``runtime.windows``), never truncated;
 3. the tagger runs on the windows, sorted by length and batched, each batch padded to its
@@ -67,7 +70,8 @@ from mner.runtime.image import MAX_PIXELS, preprocess_images
 from mner.runtime.runners import BACKENDS, OrtRunner, Runner, TrtRunner, tensorrt_machine, torch_runners
 from mner.runtime.spans import Entity, entities_from_words
 from mner.runtime.tags import TagScheme
-from mner.runtime.text import EncodedText, TextEncoder, Word, split_words
+from mner.runtime.splitters import DEFAULT_SPLITTER, get_splitter
+from mner.runtime.text import EncodedText, TextEncoder, Word
 from mner.runtime.textcheck import text_problem
 from mner.runtime.windows import Window, plan_windows
 
@@ -93,7 +97,7 @@ class TagResult:
     entities: list[Entity] = field(default_factory=list)
     error: str | None = None  # set: the post was not tagged, and nothing else is
     image_error: str | None = None  # on_bad_image="text-only": why the picture was not used
-    words: list[Word] = field(default_factory=list)  # split_words(text)
+    words: list[Word] = field(default_factory=list)  # the text's words, as the pipeline's splitter split it
     tags: list[str] = field(default_factory=list)  # one BIO tag per word
     scores: list[float] = field(default_factory=list)  # marginal probability of each word's tag
     objects: list[str] = field(default_factory=list)  # COCO classes the detector found, best first
@@ -183,6 +187,7 @@ class Pipeline:
         batch_size: int = DEFAULT_BATCH_SIZE,
         on_bad_image: str = "error",
         max_length: int | None = None,
+        splitter: str = DEFAULT_SPLITTER,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -200,6 +205,8 @@ class Pipeline:
             raise ValueError(f"max_length must be an int in [3, {model_length}] (the model's window), got {max_length!r}")
         if max_length != encoder.max_length:
             encoder = TextEncoder(encoder.tokenizer, encoder.aug_vocab, max_length=max_length)
+        self.split = get_splitter(splitter)  # raises ValueError naming the known splitters
+        self.splitter = splitter
         self.encoder = encoder
         self.scheme = scheme
         self.crf = crf
@@ -245,7 +252,8 @@ class Pipeline:
         "fp16"), "trt" (the bundle's TensorRT engines for this GPU and TensorRT version)
         or "torch" (the PyTorch reference, rebuilt from ``checkpoint`` and the vision /
         detector weights the bundle was exported from). ``options`` go to the constructor
-        (batch_size, on_bad_image, max_length).
+        (batch_size, on_bad_image, max_length, and splitter, which defaults to the one the
+        bundle names: how the model's training text was split).
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -273,6 +281,7 @@ class Pipeline:
             runners = dict(torch_runners(bundle, checkpoint=checkpoint, resnet_weights=resnet_weights,
                                          detector_weights=detector_weights, device=device or "cpu"))  # fmt: skip
         image = bundle.image_settings
+        options.setdefault("splitter", bundle.splitter)
         return cls(
             encoder=bundle.text_encoder(),
             scheme=bundle.scheme,
@@ -317,27 +326,39 @@ class Pipeline:
         "text" and optionally "image" (bytes). Problems with one post are that post's error."""
         if isinstance(posts, (str, bytes, Post, Mapping)):
             raise ValueError(f"tag() takes a sequence of posts, got a single {type(posts).__name__}: wrap it in a list")
-        items = [self._item(post) for post in posts]
-        return self._tag_items(items)
+        return self._tag_items([self._item_or_error(post) for post in posts])
 
     def tag_words(self, posts: Sequence[Sequence[str]], images: Sequence[bytes | None] | None = None) -> list[TagResult]:
-        """Like ``tag`` for pre-split text (a CoNLL file's words); offsets index ``" ".join(words)``."""
+        """Like ``tag`` for pre-split text (a CoNLL file's words, kept as given: a word is any
+        non-empty string); offsets index ``" ".join(words)``."""
         images = [None] * len(posts) if images is None else list(images)
         if len(images) != len(posts):
             raise ValueError(f"got {len(posts)} posts but {len(images)} images")
         items = []
         for words, image in zip(posts, images):
             words = list(words)
-            text = " ".join(words)
-            if [w.text for w in split_words(text)] != words:
-                items.append(_Item(text, [], None, TagResult(error=f"words must be non-empty and contain no whitespace, got {words!r}")))
-            else:
-                items.append(self._item(Post(text, image)))
+            bad = [w for w in words if not isinstance(w, str) or not w]
+            if not words or bad:
+                what = "no words" if not words else f"words that are not non-empty strings: {bad[:5]!r}"
+                items.append(_Item("", [], None, TagResult(error=f"a pre-split post needs non-empty string words; got {what}")))
+                continue
+            items.append(self._item_or_error(Post(" ".join(words), image), words=words))
         return self._tag_items(items)
 
     # ----------------------------------------------------------------------------- steps
 
-    def _item(self, post: Any) -> _Item:
+    def _item_or_error(self, post: Any, words: list[str] | None = None) -> _Item:
+        """``_item``, or should preparing the post raise (splitting it, say), an item carrying
+        that post's error: one post's problem never fails the others."""
+        try:
+            return self._item(post, words)
+        except Exception as error:  # noqa: BLE001 -- named in the post's error and logged with its traceback
+            item = _Item("", [], None, TagResult())
+            self._tagging_failed(item, False, error)
+            return item
+
+    def _item(self, post: Any, words: list[str] | None = None) -> _Item:
+        """A post on its way in; ``words``: its pre-split words (``post.text`` is them joined by spaces)."""
         if isinstance(post, str):
             post = Post(post)
         elif isinstance(post, Mapping):
@@ -355,7 +376,11 @@ class Pipeline:
         problem = text_problem(post.text)  # a text the tokenizer cannot take: this post's error, not its batch's
         if problem is not None:
             return _Item(post.text, [], None, TagResult(error=problem))
-        words = split_words(post.text)
+        if words is None:
+            words = self.split(post.text)
+        else:
+            starts = np.cumsum([0] + [len(w) + 1 for w in words[:-1]])
+            words = [Word(w, int(s), int(s) + len(w)) for w, s in zip(words, starts)]
         if not words:
             what = "empty" if not post.text else "whitespace only"
             return _Item(post.text, [], None, TagResult(error=f"text is {what}: nothing to tag"))

@@ -89,6 +89,8 @@ def _optional_path(value: str | None) -> Path | None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N")
 @click.option("--resume", is_flag=True, help="Continue from <out>/last.pt.")
 @click.option("--max-posts", type=int, help="Use only the first N posts of each split (quick runs).")
+@click.option("--splitter", type=click.Choice(["tweet", "whitespace"]), default="tweet", show_default=True,
+              help="How the data's words were split, so raw text is split alike when tagging: tweet (TWITTER-2015/2017) or whitespace.")
 @click.option("--augmentation", type=click.Choice(AUGMENTATION_MODES), help="Ablation: how augmentation joins BERT (paper: add).")
 @click.option("--fusion", type=click.Choice(FUSION_MODES), help="Ablation: which image granularities are fused (paper: gate_cat).")
 @click.option("--no-aux-task", is_flag=True, help="Ablation: drop the auxiliary entity-span CRF.")

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from mner.runtime.decode import DECODINGS, decode_words
 from mner.runtime.image import DETECTOR_SIZE
+from mner.runtime.splitters import get_splitter
 from mner.runtime.tags import TagScheme
 from mner.runtime.text import TextEncoder, bert_cleaning_empties, label_ids
 from mner.train.augment import build_augmentation_table, load_word_vectors, train_word2vec
@@ -81,11 +82,15 @@ class TrainArgs:
     device: str = "auto"
     resume: bool = False
     max_posts: int | None = None  # use only the first N posts of each split (quick runs, tests)
+    # How raw text must be split to look like the training data's words (runtime.splitters);
+    # recorded in best.pt and the bundle. TWITTER-2015/2017 were split by a tweet tokenizer.
+    splitter: str = "tweet"
     model_overrides: dict[str, Any] = field(default_factory=dict)  # ablations: augmentation, fusion, aux_task
 
     def resolved(self) -> "TrainArgs":
         if self.preset not in TRAINING_DEFAULTS:
             raise ValueError(f"unknown preset {self.preset!r}; expected one of {sorted(TRAINING_DEFAULTS)}")
+        get_splitter(self.splitter)  # raises ValueError naming the known splitters
         defaults = TRAINING_DEFAULTS[self.preset]
         values = {
             name: getattr(self, name) if getattr(self, name) is not None else getattr(defaults, name)

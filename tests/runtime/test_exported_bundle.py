@@ -183,6 +183,7 @@ def test_bundle_reader_names_every_changed_missing_or_unlisted_file(exported, tm
         (lambda m: m.update(format="something"), "not an mner bundle manifest"),
         (lambda m: m["preprocessing"]["image"].update(mean=[0.5, 0.5, 0.5]), "other image preprocessing"),
         (lambda m: m["crf"]["arrays"].update(start=[7]), "crf.arrays"),
+        (lambda m: m["preprocessing"].update(text={"splitter": "nltk"}), "preprocessing.text must name a word splitter"),
         (lambda m: m["stages"].pop("vision"), "detector and vision come together"),
         (lambda m: m["stages"]["tagger"]["outputs"][0].update(shape=["batch", "sequence", 9]), "emissions"),
         (lambda m: m["stages"]["tagger"]["dynamic_axes"].pop("sequence"), "does not bound"),
@@ -194,6 +195,15 @@ def test_bundle_reader_refuses_an_inconsistent_manifest(exported, tmp_path, chan
     rewrite_manifest(bundle, change)
     with pytest.raises(BundleError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         Bundle.open(bundle)
+
+
+def test_bundle_names_its_splitter_and_older_bundles_read_as_tweet(exported, tmp_path):
+    assert Bundle.open(exported.bundle).splitter == "tweet"
+    bundle = copy_bundle(exported, tmp_path)
+    rewrite_manifest(bundle, lambda m: m["preprocessing"].pop("text"))  # as written before the splitter was recorded
+    assert Bundle.open(bundle).splitter == "tweet"
+    rewrite_manifest(bundle, lambda m: m["preprocessing"].update(text={"splitter": "whitespace"}))
+    assert Bundle.open(bundle).splitter == "whitespace"
 
 
 def test_bundle_reader_refuses_what_is_not_a_bundle(tmp_path):
@@ -274,6 +284,39 @@ def test_ort_pipeline_tags_equal_pytorch_on_every_twitter2017_test_sentence(expo
     differing = [i for i, (r, e) in enumerate(zip(results, expected)) if r.tags != e]
     assert len(results) == len(posts) > 700 and not differing, f"{len(differing)} posts differ, first {differing[:5]}"
     assert sum(len(r.entities) for r in results) > 0
+
+
+def test_raw_tweets_are_split_as_the_training_data_was(ort_pipeline):
+    tweets = ["RT @fan: Taylor Swift meets Drake in #Toronto! 😂", "It's the 2nd time... May 21, 2016 :)"]
+    data_words = [
+        ["RT", "@", "fan", ":", "Taylor", "Swift", "meets", "Drake", "in", "#", "Toronto", "!", "😂"],
+        ["It", "'", "s", "the", "2", "nd", "time", ".", ".", ".", "May", "21,", "2016", ":)"],
+    ]
+    raw, pre_split = ort_pipeline.tag(tweets), ort_pipeline.tag_words(data_words)
+    for tweet, words, r, p in zip(tweets, data_words, raw, pre_split):
+        assert [w.text for w in r.words] == words
+        assert all(tweet[w.start : w.end] == w.text for w in r.words)
+        assert r.tags == p.tags  # the same words give the same tags, whichever way they came
+        assert [e.type for e in r.entities] == [e.type for e in p.entities]
+        assert all(e.text == tweet[e.start : e.end] for e in r.entities)
+
+
+def test_a_bundles_splitter_can_be_overridden_and_a_wrong_name_is_refused(exported):
+    with Pipeline.from_bundle(exported.bundle, splitter="whitespace") as pipeline:
+        assert pipeline.splitter == "whitespace"
+        assert [w.text for w in pipeline.tag(["in #Toronto!"])[0].words] == ["in", "#Toronto!"]
+    with pytest.raises(ValueError, match="unknown word splitter 'nltk'"):
+        Pipeline.from_bundle(exported.bundle, splitter="nltk")
+
+
+def test_tag_words_keeps_pre_split_words_as_given(ort_pipeline):
+    words = ["Kawhi", "\xa0", "Leonard", "\u200b", "New York", "!"]  # a U+00A0 word, an emptied word, a spaced word
+    result = ort_pipeline.tag_words([words])[0]
+    assert result.ok and [w.text for w in result.words] == words and len(result.tags) == len(words)
+    text = " ".join(words)
+    assert all(text[w.start : w.end] == w.text for w in result.words)
+    assert "no words" in ort_pipeline.tag_words([[]])[0].error
+    assert "not non-empty strings: ['']" in ort_pipeline.tag_words([["a", ""]])[0].error
 
 
 def synthetic_posts(count: int, tmp_path: Path) -> tuple[list[str], list[Path]]:

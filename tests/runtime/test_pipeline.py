@@ -16,6 +16,7 @@ from mner.runtime.bundle import StageInfo, TensorInfo
 from mner.runtime.decode import CRFParameters
 from mner.runtime.pipeline import Pipeline, Post
 from mner.runtime.runners import Runner
+from mner.runtime.splitters import get_splitter
 from mner.runtime.tags import TagScheme
 from mner.runtime.text import SPECIAL_TOKENS, TextEncoder, bert_tokenizer
 from runtime_samples import jpeg, png_header_claiming
@@ -121,19 +122,21 @@ ADVERSARIAL = [
 ]
 
 
+@pytest.mark.parametrize("splitter", ["tweet", "whitespace"])
 @pytest.mark.parametrize("favour", ["B-PER", "I-LOC", None])
-def test_entity_offsets_index_the_original_text(favour):
-    pipeline = fake_pipeline(favour)
+def test_entity_offsets_index_the_original_text(favour, splitter):
+    pipeline = fake_pipeline(favour, splitter=splitter)
     results = pipeline.tag(ADVERSARIAL)
+    split = get_splitter(splitter)
     for text, result in zip(ADVERSARIAL, results):
         assert result.ok, result.error
-        assert [w.text for w in result.words] == text.split()
+        assert result.words == split(text)
         for entity in result.entities:
             assert text[entity.start : entity.end] == entity.text
             assert entity.text == entity.text.strip() and 0.0 <= entity.score <= 1.0
     if favour == "B-PER":  # every word its own entity
         for text, result in zip(ADVERSARIAL, results):
-            assert [e.text for e in result.entities] == text.split()
+            assert [e.text for e in result.entities] == [w.text for w in split(text)]
     if favour == "I-LOC":  # one entity from the first word to the last, inner whitespace as it was
         for text, result in zip(ADVERSARIAL, results):
             assert [e.text for e in result.entities] == [text.strip()]
@@ -229,9 +232,10 @@ def test_pipeline_validates_its_arguments():
 
 
 def test_tag_words_keeps_words_as_given():
-    results = fake_pipeline("B-LOC").tag_words([["New", "York"], ["bad word"], []])
+    results = fake_pipeline("B-LOC").tag_words([["New", "York"], ["a word", "#x!"], [], ["a", ""]])
     assert [e.text for e in results[0].entities] == ["New", "York"] and results[0].entities[1].start == 4
-    assert "no whitespace" in results[1].error and results[2].error
+    assert [w.text for w in results[1].words] == ["a word", "#x!"]  # pre-split words are never split again
+    assert "no words" in results[2].error and "not non-empty strings" in results[3].error
 
 
 @pytest.mark.parametrize("dynamic_cells", [True, False])
@@ -253,3 +257,19 @@ def test_a_batch_without_pictures_sends_the_tagger_one_grid_cell_when_the_graph_
     assert all(r.ok for r in results)
     fewest = 1 if dynamic_cells else GRID[0]
     assert seen == [(fewest, [0, 0]), (GRID[0], [0, 1])]  # per batch of two, sorted by length inside it
+
+
+def test_a_post_whose_splitting_raises_gets_the_error_and_the_others_are_tagged(caplog):
+    pipeline = fake_pipeline("B-LOC")
+    split = pipeline.split
+
+    def fragile(text):
+        if "boom" in text:
+            raise RuntimeError("the splitter broke")
+        return split(text)
+
+    pipeline.split = fragile
+    results = pipeline.tag(["Paris !", "boom here", "Rome"])
+    assert results[1].error == "tagging failed: RuntimeError: the splitter broke"
+    assert [e.text for e in results[0].entities] == ["Paris", "!"] and results[2].ok
+    assert "the splitter broke" in caplog.text
