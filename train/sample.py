@@ -1,5 +1,8 @@
 """A small built-in corpus the project writes itself: tweet-like posts in TWITTER format, with images.
 
+Their words are split as TWITTER-2015/2017's are (`# Toronto`, `@ user`, `in Paris !`), so
+the tweet splitter recovers them from the raw tweets (`#Toronto`, `@user`, `in Paris!`).
+
 Used by the demo and the tests (the real TWITTER data is not ours to ship). Posts are
 made from templates over a few names per type, so a tiny model learns them in
 seconds; images are synthetic pictures (coloured shapes on a gradient), and some
@@ -22,14 +25,14 @@ NAMES = {
 }
 TEMPLATES = [
     "{PER} visits {LOC} today",
-    "RT @fan : {PER} meets {PER} in {LOC} !",
+    "RT @ fan : {PER} meets {PER} in {LOC} !",
     "{ORG} announces new plans for {MISC}",
     "Great show by {PER} at {MISC} # {LOC}",
     "Watching {ORG} vs {ORG} tonight with the fans",
     "{PER} joins {ORG} after {MISC}",
     "Snow in {LOC} again , {MISC} is coming",
     "so proud of {PER} ! # {ORG}",
-    "@user what a game in {LOC} last night",
+    "@ user what a game in {LOC} last night",
     "no names here , just a nice day",
 ]
 SPLIT_SIZES = {"train": 64, "valid": 20, "test": 20}

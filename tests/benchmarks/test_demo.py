@@ -25,7 +25,8 @@ def test_demo_chain_runs_and_a_second_run_reuses_its_outputs(tmp_path):
     assert (tmp_path / "tiny" / "best.pt").is_file() and (tmp_path / "bundle" / "manifest.json").is_file()
     tagged = [json.loads(line) for line in (tmp_path / "tagged.jsonl").read_text().splitlines()]
     assert len(tagged) == sizes["test"] and all("entities" in record for record in tagged)
-    for record in tagged:  # offsets point into the text that was sent
+    for record in tagged:  # raw tweets ("#Toronto", "again,"); offsets point into the text that was sent
+        assert " # " not in record["text"] and " , " not in record["text"]
         assert all(record["text"][e["start"]:e["end"]] == e["text"] for e in record["entities"])
     assert 0.0 <= first["metrics"]["micro"]["f1"] <= 1.0
     assert any("reusing" in line for line in again) and not any("reusing" in line for line in lines)
