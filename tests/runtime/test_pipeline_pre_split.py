@@ -4,20 +4,11 @@ keeps its slot, gets a tag, and its offsets index " ".join(words). A fake-runner
 
 from __future__ import annotations
 
-import pytest
 from test_pipeline import fake_pipeline
-
-# Pipeline.tag_words (runtime/pipeline.py, another change's file) used to refuse words that
-# split_words(" ".join(words)) does not give back. Remove this marker once its new
-# tag_words (pre-split words kept as given) is committed: these tests then must pass.
-needs_pre_split_tag_words = pytest.mark.xfail(
-    strict=False, reason="needs Pipeline.tag_words to keep pre-split words as given (runtime/pipeline.py)"
-)
 
 ODD = ["\xa0", "\xad", "\u200b", "\ufffd", "a\u00a0b"]
 
 
-@needs_pre_split_tag_words
 def test_odd_pre_split_words_keep_their_slots_tags_and_offsets():
     words = ["Obama", *ODD, "Paris"]
     [result] = fake_pipeline(favour="B-PER").tag_words([words])
@@ -29,7 +20,6 @@ def test_odd_pre_split_words_keep_their_slots_tags_and_offsets():
     assert [(e.text, e.start) for e in result.entities] == [(w.text, w.start) for w in result.words]
 
 
-@needs_pre_split_tag_words
 def test_a_long_post_of_emptied_words_is_windowed_word_by_word():
     # Each emptied word is one [UNK] piece; windows must count it so (not as 0 pieces).
     words = ["Obama"] + ["\u200b", "\xa0"] * 20 + ["Paris"]
