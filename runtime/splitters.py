@@ -63,7 +63,7 @@ _URL_TRAILING = ".,;:!?'\"…)]}>»”’"
 
 _TWEET = regex.compile(
     rf"""
-    (?P<url>(?:https?://|www\.)[^{_SPACE}]+)
+    (?P<url>(?i:https?://|www\.)[^{_SPACE}]+)
   | (?P<email>(?<![\w.+-])[\w.+-]+@\w[\w-]*(?:\.\w[\w-]*)+)
   | (?P<emoticon>(?:</?3|[:;]-?[()DPpO/])(?![\w/]))
   | (?P<number>\d+(?:[.,]\d+)?(?:,(?=[{_SPACE}]|$))?)

@@ -27,6 +27,7 @@ RULES = [
     ("see https://t.co/AbC12x.", ["see", "https://t.co/AbC12x", "."]),
     ("(via http://nyti.ms/2qP?x=1&y=2)", ["(", "via", "http://nyti.ms/2qP?x=1&y=2", ")"]),
     ("www.mets.com, now", ["www.mets.com", ",", "now"]),
+    ("HTTPS://T.co/X1 WWW.Mets.com", ["HTTPS://T.co/X1", "WWW.Mets.com"]),
     ("https://en.wikipedia.org/wiki/Foo_(bar).", ["https://en.wikipedia.org/wiki/Foo_(bar)", "."]),
     ("mail info@mets.com!", ["mail", "info@mets.com", "!"]),
     ("first.last+tag@mail.co.uk", ["first.last+tag@mail.co.uk"]),
