@@ -59,7 +59,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Generator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -80,6 +80,15 @@ logger = logging.getLogger(__name__)
 BAD_IMAGE_POLICIES = ("error", "text-only")
 DEFAULT_BATCH_SIZE = 16
 TAGGING_FAILED = "tagging failed"  # starts the error of a post whose tagging raised (see Pipeline._tag_batch)
+
+Steps = Generator[None, None, list]  # Pipeline.tag_steps: yields between units of work, returns the results
+
+
+class TextCost(NamedTuple):
+    """What tagging a text asks of the tagger, known before tagging it (``Pipeline.text_cost``)."""
+
+    pieces: int  # word-pieces of its words ([CLS]/[SEP] not counted; a word the tokenizer empties counts 1)
+    windows: int  # tagger windows they need (0 for a text without words)
 
 
 @dataclass(frozen=True)
@@ -161,7 +170,8 @@ class _Item:
     result: TagResult
     image_row: int | None = None  # row in the batch's image arrays
     windows: list[Window] = field(default_factory=list)
-    encoded: list[EncodedText] = field(default_factory=list)  # one per window
+    encoded: list[EncodedText | None] = field(default_factory=list)  # one per window, once the tagger reaches it
+    lengths: list[int] = field(default_factory=list)  # pieces per window, [CLS] and [SEP] included
 
 
 class Pipeline:
@@ -324,9 +334,35 @@ class Pipeline:
     def tag(self, posts: Sequence[Post | str | Mapping[str, Any]]) -> list[TagResult]:
         """One result per post, in order. A post is a ``Post``, a text, or a mapping with
         "text" and optionally "image" (bytes). Problems with one post are that post's error."""
+        return _run(self.tag_steps(posts))
+
+    def tag_steps(self, posts: Sequence[Post | str | Mapping[str, Any]]) -> Steps:
+        """``tag`` in steps: a generator that yields between units of work and returns the results.
+
+        A unit is one batch's pictures and word-pieces with its first chunk of tagger windows,
+        or one further chunk (at most ``batch_size`` windows): a post of many windows, or many
+        posts, take many steps. mner-serve's batcher advances several of these in turn, so a
+        short request is tagged between two steps of a long one. No image work is in flight
+        at a yield, so the steps of different generators may interleave on one thread; the
+        pipeline is still used from one thread only. Invalid ``posts`` raise here, not at the
+        first step.
+        """
         if isinstance(posts, (str, bytes, Post, Mapping)):
             raise ValueError(f"tag() takes a sequence of posts, got a single {type(posts).__name__}: wrap it in a list")
         return self._tag_items([self._item_or_error(post) for post in posts])
+
+    def text_cost(self, text: str) -> TextCost:
+        """Word-pieces and tagger windows ``text`` needs, counted as tagging counts them (the
+        splitter, the tokenizer, ``plan_windows``) without tagging it: what mner-serve's budget
+        checks before accepting a post. Safe from any thread (the splitter and the tokenizer
+        keep no state; the tokenizer's truncation and padding are fixed at construction)."""
+        words = [w.text for w in self.split(text)]
+        if not words:
+            return TextCost(0, 0)
+        counts = _piece_counts(self.encoder, words)
+        pieces = int(np.maximum(counts, 1).sum())  # an emptied word is [UNK]: one piece
+        budget = self.encoder.max_length - 2
+        return TextCost(pieces, 1 if pieces <= budget else len(plan_windows(counts.tolist(), budget)))
 
     def tag_words(self, posts: Sequence[Sequence[str]], images: Sequence[bytes | None] | None = None) -> list[TagResult]:
         """Like ``tag`` for pre-split text (a CoNLL file's words, kept as given: a word is any
@@ -343,7 +379,7 @@ class Pipeline:
                 items.append(_Item("", [], None, TagResult(error=f"a pre-split post needs non-empty string words; got {what}")))
                 continue
             items.append(self._item_or_error(Post(" ".join(words), image), words=words))
-        return self._tag_items(items)
+        return _run(self._tag_items(items))
 
     # ----------------------------------------------------------------------------- steps
 
@@ -386,12 +422,14 @@ class Pipeline:
             return _Item(post.text, [], None, TagResult(error=f"text is {what}: nothing to tag"))
         return _Item(post.text, words, bytes(post.image) if post.image is not None else None, TagResult(words=words))
 
-    def _tag_items(self, items: list[_Item]) -> list[TagResult]:
+    def _tag_items(self, items: list[_Item]) -> Steps:
         for start in range(0, len(items), self.batch_size):
-            self._tag_batch([item for item in items[start : start + self.batch_size] if item.result.ok])
+            if start:
+                yield  # between batches
+            yield from self._tag_batch([item for item in items[start : start + self.batch_size] if item.result.ok])
         return [item.result for item in items]
 
-    def _tag_batch(self, items: list[_Item]) -> None:
+    def _tag_batch(self, items: list[_Item]) -> Generator[None, None, None]:
         """Tag ``items`` together. Should that raise (anything but KeyboardInterrupt or SystemExit), tag
         each post alone: a post that fails alone too gets the error (``TAGGING_FAILED``: the exception's
         class and message; its traceback goes to the log), every other post what tagging it alone gives."""
@@ -400,7 +438,7 @@ class Pipeline:
         # Tagging changes an item's image and result (in place): kept as they came, to start again.
         initial = [(item.image, replace(item.result)) for item in items]
         try:
-            self._tag_together(items)
+            yield from self._tag_together(items)
             return
         except Exception as error:  # noqa: BLE001 -- re-done post by post below; KeyboardInterrupt goes through
             batch_error = error
@@ -411,10 +449,12 @@ class Pipeline:
         logger.info("tagging a batch of %d posts failed (%s: %s); tagging them one by one",
                     len(items), type(batch_error).__name__, batch_error)  # fmt: skip
         failed = 0
-        for item, (image, result) in zip(items, initial):
+        for k, (item, (image, result)) in enumerate(zip(items, initial)):
+            if k:
+                yield  # between posts tagged alone
             alone = _Item(item.text, item.words, image, result)
             try:
-                self._tag_together([alone])
+                yield from self._tag_together([alone])
             except Exception as error:  # noqa: BLE001 -- this post's own error
                 self._settle_images()
                 self._tagging_failed(alone, image is not None, error)
@@ -435,13 +475,14 @@ class Pipeline:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    def _tag_together(self, items: list[_Item]) -> None:
+    def _tag_together(self, items: list[_Item]) -> Generator[None, None, None]:
         features = self._start_images(items)
         items = [item for item in items if item.result.ok]  # a bad picture may have ended a post
         with self._step("encode"):
             self._encode(items)
+        # No yield before this wait: another generator's steps may use (or, failing, replace) the image pool.
         grid, object_ids = features() if features is not None else (None, None)
-        self._run_tagger(items, grid, object_ids)
+        yield from self._run_tagger(items, grid, object_ids)
 
     def _image_problem(self, item: _Item, message: str) -> None:
         if self.on_bad_image == "error":
@@ -494,28 +535,35 @@ class Pipeline:
         return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
     def _encode(self, items: list[_Item]) -> None:
-        """Word-pieces of each post: one window, or overlapping windows where the post is too long."""
+        """Word-pieces of each post: one window, or overlapping windows where the post is too long.
+        Those windows are planned here and encoded as the tagger reaches them (``_run_tagger``), so
+        the first step of a long post's ``tag_steps`` does not encode all of it."""
         whole = self.encoder.encode_many([[w.text for w in item.words] for item in items])
+        budget = self.encoder.max_length - 2
         for item, encoded in zip(items, whole):
             if not encoded.truncated:
                 item.windows = [Window(0, len(item.words), 0, len(item.words))]
-                item.encoded = [encoded]
+                item.encoded, item.lengths = [encoded], [len(encoded)]
                 continue
-            texts = [w.text for w in item.words]
-            pieces = self.encoder.tokenizer.encode(texts, is_pretokenized=True, add_special_tokens=False)
-            counts = np.bincount([i for i in pieces.word_ids if i is not None], minlength=len(texts))
-            item.windows = plan_windows(counts.tolist(), self.encoder.max_length - 2)
-            item.encoded = self.encoder.encode_many([texts[w.start : w.end] for w in item.windows])
-            assert all(e.n_words == w.end - w.start for e, w in zip(item.encoded, item.windows))
+            counts = _piece_counts(self.encoder, [w.text for w in item.words])
+            item.windows = plan_windows(counts.tolist(), budget)
+            pieces = np.clip(counts, 1, budget)  # what a window holds of each word (as plan_windows counts)
+            item.encoded = [None] * len(item.windows)
+            item.lengths = [int(pieces[w.start : w.end].sum()) + 2 for w in item.windows]
 
-    def _run_tagger(self, items: list[_Item], grid: np.ndarray | None, object_ids: np.ndarray | None) -> None:
+    def _run_tagger(self, items: list[_Item], grid: np.ndarray | None,
+                    object_ids: np.ndarray | None) -> Generator[None, None, None]:  # fmt: skip
         rows = [(i, j) for i, item in enumerate(items) for j in range(len(item.encoded))]  # (item, window)
-        rows.sort(key=lambda row: len(items[row[0]].encoded[row[1]]))  # similar lengths share a batch
+        rows.sort(key=lambda row: items[row[0]].lengths[row[1]])  # similar lengths share a batch
         step = min(self.batch_size, self.tagger.axis_bounds("batch")[1])
         min_sequence = self.tagger.axis_bounds("sequence")[0]
         window_tags: dict[tuple[int, int], tuple[list[str], np.ndarray]] = {}
         for start in range(0, len(rows), step):
+            if start:
+                yield  # between chunks of windows
             chunk = rows[start : start + step]
+            with self._step("encode"):
+                self._encode_windows(items, [(i, j) for i, j in chunk if items[i].encoded[j] is None])
             batch = self.encoder.batch([items[i].encoded[j] for i, j in chunk])
             arrays = {key: _pad_sequence(batch[key], min_sequence, pad) for key, pad in
                       (("input_ids", self.encoder.pad_id), ("attention_mask", 0), ("aug_ids", 0), ("roles", 0))}  # fmt: skip
@@ -555,10 +603,34 @@ class Pipeline:
             if item.image_row is not None:
                 result.objects = [class_name(int(c)) for c in object_ids[item.image_row] if c != 0]
 
+    def _encode_windows(self, items: list[_Item], rows: list[tuple[int, int]]) -> None:
+        """Encode these (item, window) rows of long posts."""
+        if not rows:
+            return
+        texts = [[w.text for w in items[i].words[items[i].windows[j].start : items[i].windows[j].end]] for i, j in rows]
+        for (i, j), words, encoded in zip(rows, texts, self.encoder.encode_many(texts)):
+            assert encoded.n_words == len(words) and len(encoded) == items[i].lengths[j]
+            items[i].encoded[j] = encoded
+
     def _decode(self, emissions: np.ndarray, lengths: np.ndarray, roles: np.ndarray) -> tuple[list[list[str]], list[np.ndarray]]:
         """Word tags (constrained Viterbi) and each tag's marginal probability under the same constraints."""
         decoded = decode_words(emissions, lengths, roles, self.scheme, self.crf, with_scores=True)
         return decoded.word_tags, decoded.word_scores
+
+
+def _run(steps: Steps) -> list:
+    """Take every step; the generator's return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def _piece_counts(encoder: TextEncoder, words: list[str]) -> np.ndarray:
+    """Word-pieces per word (0 for a word the tokenizer empties)."""
+    pieces = encoder.tokenizer.encode(words, is_pretokenized=True, add_special_tokens=False)
+    return np.bincount([i for i in pieces.word_ids if i is not None], minlength=len(words))
 
 
 def _pad_sequence(array: np.ndarray, length: int, value: int) -> np.ndarray:
