@@ -72,8 +72,9 @@ class JsonLimitError(ValueError):
 class MalformedJsonError(JsonLimitError):
     """Not JSON at all (or not UTF-8/16/32): ``pos``, ``lineno`` and ``colno`` say where, as json's own error."""
 
-    def __init__(self, message: str, *, pos: int, lineno: int, colno: int) -> None:
-        super().__init__(MALFORMED, message, pos=pos)
+    def __init__(self, msg: str, *, pos: int, lineno: int, colno: int) -> None:
+        super().__init__(MALFORMED, f"{msg} (line {lineno}, column {colno})", pos=pos)
+        self.msg = msg  # without the position, as json.JSONDecodeError.msg
         self.lineno = lineno
         self.colno = colno
 
@@ -99,8 +100,10 @@ def loads(data: bytes | bytearray | str, *, max_depth: int = 64, max_int_digits:
         try:
             text = data.decode(encoding, "surrogatepass")  # what json.loads does with bytes
         except UnicodeDecodeError as error:
-            raise MalformedJsonError(f"not {encoding.upper()}: byte 0x{data[error.start]:02x} at position {error.start}",
-                                     pos=error.start, lineno=1, colno=error.start + 1) from None  # fmt: skip
+            lineno = data.count(b"\n", 0, error.start) + 1
+            colno = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+            raise MalformedJsonError(f"not {encoding.upper()}: byte 0x{data[error.start]:02x} at byte {error.start}",
+                                     pos=error.start, lineno=lineno, colno=colno) from None  # fmt: skip
         raw = bytes(data) if encoding in ("utf-8", "utf-8-sig") else text.encode("utf-8", "surrogatepass")
     else:
         raise TypeError(f"JSON input must be str or bytes, got {type(data).__name__}")
@@ -120,8 +123,7 @@ def loads(data: bytes | bytearray | str, *, max_depth: int = 64, max_int_digits:
     try:
         return json.loads(text, parse_constant=_no_constant, **hooks)
     except json.JSONDecodeError as error:
-        raise MalformedJsonError(f"{error.msg} (line {error.lineno}, column {error.colno})",
-                                 pos=error.pos, lineno=error.lineno, colno=error.colno) from None  # fmt: skip
+        raise MalformedJsonError(error.msg, pos=error.pos, lineno=error.lineno, colno=error.colno) from None
     except RecursionError:  # the depth scan makes this unreachable; kept so a bug there is still a clean refusal
         raise JsonLimitError(DEPTH, f"JSON nested deeper than the parser can follow (limit {max_depth} levels)",
                              limit="max_depth", value=max_depth) from None  # fmt: skip

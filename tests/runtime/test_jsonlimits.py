@@ -128,7 +128,8 @@ def test_nan_and_infinity_are_refused(constant):
     ('{"a": 1', r"Expecting ',' delimiter \(line 1, column 8\)", 7),
     ("[1,\n2,]", r"Expecting value \(line 2, column 3\)", 6),
     ("[1] x", r"Extra data \(line 1, column 5\)", 4),
-    (b'["\xff"]', r"not UTF-8: byte 0xff at position 2", 2),
+    (b'["\xff"]', r"^not UTF-8: byte 0xff at byte 2 \(line 1, column 3\)$", 2),
+    (b'[1,\n "\xc3("]', r"^not UTF-8: byte 0xc3 at byte 6 \(line 2, column 3\)$", 6),
     ('"abc', r"Unterminated string", 0),
     ("[" * 10 + "x", r"Expecting value", 10),
 ])
@@ -137,6 +138,7 @@ def test_invalid_json_is_a_malformed_error_with_its_position(data, message, pos)
         loads(data)
     assert (caught.value.kind, caught.value.pos) == (jsonlimits.MALFORMED, pos)
     assert isinstance(caught.value, JsonLimitError) and isinstance(caught.value, ValueError)
+    assert str(caught.value) == f"{caught.value.msg} (line {caught.value.lineno}, column {caught.value.colno})"
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
