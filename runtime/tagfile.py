@@ -2,42 +2,53 @@
 
 Input, one JSON object per line::
 
-    {"id": "p1", "text": "Kawhi Leonard in Toronto", "image": "pics/1.jpg"}     image: a path under --images,
-    {"id": 2, "text": "...", "image": "iVBORw0KGgo..."}                            or base64 (plain or a data: URL),
-    {"id": "p3", "text": "..."}                                                    or absent / null
+    {"id": "p1", "text": "Kawhi Leonard in Toronto", "image": "pics/1.jpg"}    image: a file under --images
+    {"id": "p2", "text": "...", "image": "16_05_01_360"}                       (no extension: tried as is, then .jpg)
+    {"id": 3, "text": "...", "image_base64": "iVBORw0KGgo..."}                 or the picture inline (base64 or a data: URL)
+    {"id": "p4", "text": "..."}                                                or neither / null
 
 Output, one line per input line, in input order::
 
     {"id": "p1", "line": 1, "entities": [{"type", "text", "start", "end", "score"}], "objects": ["person"]}
     {"id": null, "line": 7, "error": "line 7 is not JSON: Expecting value (column 1)"}
 
-No input line is ever dropped: a line that cannot be tagged (not UTF-8, not JSON, a
-missing or mistyped field, a duplicate id, empty text, a text with a lone surrogate such
+No input line is ever dropped and no line stops the run: a line that cannot be tagged
+(not UTF-8, not JSON, JSON past the limits of ``runtime.jsonlimits`` -- nested deeper than
+64 levels, an integer of more than 100 digits, NaN --, a line longer than
+``max_line_bytes``, which is skipped without being read whole, a missing or mistyped field,
+a duplicate id, empty text, a text over ``max_text_chars`` or with a lone surrogate such
 as "\\ud800", an unusable picture, a post whose tagging raised) gets an ``error`` record.
 ``line`` is the input line number. A record that holds a lone surrogate (in its id, say)
 is written with JSON's ASCII escapes, the one form it has. Should tagging fail for every
 post of a batch, that is not one post's problem: the run stops (exit 1) with nothing of
 that batch written, and a rerun resumes there.
 
-Resuming: records are appended in batches, each followed by flush + fsync. Run again
-with the same --output and every input line that already has a record is skipped (by
-its id; by its line number for lines without a usable id, and for repeated ids). A
-record cut off by a kill (the file's last line without its newline) is removed first,
-so a killed run followed by a re-run gives exactly one record per input line.
+Pictures are read only from regular files under --images (default: the input file's
+directory): a path is resolved, ``..`` and symlinks included, and one that leads outside
+is refused by that rule, whether or not the file exists; an error never quotes a file's
+bytes. ``image`` is always a path, never guessed to be base64: inline pictures go in
+``image_base64``, as in mner-serve's API.
 
-Image strings: a ``data:`` URL is base64; otherwise an existing file under --images
-(default: the input file's directory) is read; otherwise a string containing "." is a
-missing file (base64 never contains "."), and anything else must be valid base64.
+Resuming: records are appended in batches, each followed by fsync. Run again with the
+same --output and every input line that already has a record is skipped (by its id; by
+its line number for lines without a usable id, and for repeated ids). A record cut off by
+a kill (the file's last line without its newline) is removed first, so a killed run
+followed by a re-run gives exactly one record per input line. Should a write fail (a full
+disk, a read-only folder), the batch is cut off the file again, the run stops with one
+line naming the file and the OS error, and a rerun resumes there. --output may not be the
+--input file (by any name: links are followed).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import json
 import logging
 import os
 import re
+import stat
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -46,19 +57,26 @@ from typing import Any, Iterator
 
 from tqdm.auto import tqdm
 
+from mner.runtime import jsonlimits
 from mner.runtime.conll import check_entity_types, evaluate_entities, read_conll
+from mner.runtime.image import ImageError, read_header
 from mner.runtime.pipeline import TAGGING_FAILED, Pipeline, Post, TagResult
+from mner.runtime.serve_batcher import ServeConfig
 
 logger = logging.getLogger(__name__)
 
 MAX_IMAGE_BYTES = 64 << 20  # a picture file or payload larger than this is refused before decoding
+MAX_TEXT_CHARS = ServeConfig.max_text_chars  # what mner-serve accepts; longer posts are windowed, not truncated
+MAX_LINE_BYTES = ServeConfig.max_body_bytes  # one input line is at most what mner-serve accepts as one body
+_RECORD_LINE_SLACK = 4  # an output record is at most ~3x its input line (a surrogate id written with \u escapes)
+_SHOWN_CHARS = 60  # an echoed image path or id is cut to this in an error
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _BASE64_URLSAFE = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 _WHITESPACE = re.compile(r"\s+")
 
 
 class OutputError(ValueError):
-    """--output exists but is not a file mner-tag can resume."""
+    """--output cannot be used: not a file mner-tag can resume, the --input file itself, or not writable."""
 
 
 class PipelineFailed(RuntimeError):
@@ -105,17 +123,22 @@ def tag_jsonl(
     *,
     images: str | os.PathLike | None = None,
     progress: bool = True,
+    max_text_chars: int = MAX_TEXT_CHARS,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> TagSummary:
     """Tag every line of ``input`` into ``output`` (resuming it where it exists); see the module docstring."""
     input, output = Path(input), Path(output)
+    _check_limits(max_text_chars=max_text_chars, max_line_bytes=max_line_bytes)
     if not input.is_file():
         raise ValueError(f"--input {input}: no such file")
     images_dir = Path(images) if images is not None else input.parent
     if not images_dir.is_dir():
         raise ValueError(f"--images {images_dir}: no such directory")
-    done_ids, done_lines = _resume(output)
+    _refuse_same_file(input, output, "--input")
+    done_ids, done_lines = _resume(output, max_line_bytes)
     total = _count_lines(input)
-    return _run(pipeline, _jsonl_entries(input, images_dir, done_ids, done_lines), output, total, progress)
+    limits = _Limits(images_dir, images_dir.resolve(), pipeline.on_bad_image, max_text_chars, max_line_bytes)
+    return _run(pipeline, _jsonl_entries(input, limits, done_ids, done_lines), output, total, progress)
 
 
 def tag_conll(
@@ -125,6 +148,7 @@ def tag_conll(
     *,
     images: str | os.PathLike | None = None,
     progress: bool = True,
+    max_text_chars: int = MAX_TEXT_CHARS,
 ) -> TagSummary:
     """Tag every post of a CoNLL + IMGID file (pictures ``<images>/<IMGID>.jpg``) and score the tags.
 
@@ -132,17 +156,22 @@ def tag_conll(
     summary's ``metrics`` are P/R/F1 over every post (a post whose record is an error
     counts as predicting no entity). Data whose tags name an entity type the bundle does
     not know is refused before anything is tagged (it would score 0 for that type).
+    Pictures are read as for JSONL: only files under ``images`` (an IMGID such as
+    ``../x`` is refused by that rule).
     """
     conll, output = Path(conll), Path(output)
+    _check_limits(max_text_chars=max_text_chars)
     if not conll.is_file():
         raise ValueError(f"--conll {conll}: no such file")
     if images is not None and not Path(images).is_dir():
         raise ValueError(f"--images {images}: no such directory")
+    _refuse_same_file(conll, output, "--conll")
     posts = read_conll(conll)
     if not posts:
         raise ValueError(f"--conll {conll} holds no posts")
     check_entity_types(posts, pipeline.scheme.entity_types, f"--conll {conll}", "the bundle")
-    done_ids, _ = _resume(output)
+    done_ids, _ = _resume(output, MAX_LINE_BYTES)
+    root = Path(images).resolve() if images is not None else None
 
     def entries() -> Iterator[_Entry | int]:
         for number, post in enumerate(posts, start=1):
@@ -150,26 +179,50 @@ def tag_conll(
                 yield 1
                 continue
             entry = _Entry(post.line, number, extra={"image_id": post.image_id}, words=post.words)
+            text = " ".join(post.words)
+            if len(text) > max_text_chars:
+                entry.record, entry.kind = {"error": _text_too_long(text, max_text_chars)}, "text too long"
+                yield entry
+                continue
             image = None
-            if images is not None and post.image_id is not None:
-                image, problem = _read_image_file(Path(images) / f"{post.image_id}.jpg")
+            if root is not None and post.image_id is not None:
+                image, problem = read_image_under(Path(images), root, f"{post.image_id}.jpg")
                 if problem is not None:
                     if pipeline.on_bad_image == "error":
                         entry.record, entry.kind = {"error": f"image: {problem}"}, "image"
                         yield entry
                         continue
                     entry.extra["image_error"] = problem
-            entry.post = Post(" ".join(post.words), image)
+                    image = None
+            entry.post = Post(text, image)
             yield entry
 
     summary = _run(pipeline, entries(), output, len(posts), progress, unit="posts")
     predicted: dict[Any, list[str]] = {}
-    for record in _records(output):
+    for record in _records(output, MAX_LINE_BYTES):
         if "tags" in record:
             predicted[record["id"]] = record["tags"]
     pred = [predicted.get(number, ["O"] * len(post.words)) for number, post in enumerate(posts, start=1)]
     summary.metrics = evaluate_entities([post.tags for post in posts], pred)
     return summary
+
+
+def _check_limits(**limits: int) -> None:
+    for name, value in limits.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _refuse_same_file(source: Path, output: Path, flag: str) -> None:
+    """--output naming the file being read (itself, through a symlink or a hard link) would be appended
+    to while it is read, and resuming would cut off its last line as a torn record."""
+    try:
+        read, written = os.stat(source), os.stat(output)
+    except OSError:  # no output yet (or none reachable): it cannot be the input
+        return
+    if (read.st_dev, read.st_ino) == (written.st_dev, written.st_ino):
+        raise OutputError(f"--output {output} is the {flag} file {source} (the same file, by a link or another name): "
+                          "records are appended to --output, so pass another file")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the loop
@@ -178,8 +231,7 @@ def tag_conll(
 def _run(pipeline: Pipeline, entries, output: Path, total: int, progress: bool, unit: str = "lines") -> TagSummary:
     summary = TagSummary(lines=total, unit=unit)
     started = time.perf_counter()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "ab") as sink, tqdm(total=total, unit=unit[:-1], desc="mner-tag", disable=not progress) as bar:
+    with _Sink(output) as sink, tqdm(total=total, unit=unit[:-1], desc="mner-tag", disable=not progress) as bar:
         pending: list[_Entry] = []
         for entry in entries:
             if isinstance(entry, int):  # lines skipped because the output has them
@@ -198,8 +250,48 @@ def _run(pipeline: Pipeline, entries, output: Path, total: int, progress: bool, 
     return summary
 
 
-def _flush(pipeline: Pipeline, entries: list[_Entry], sink, summary: TagSummary) -> None:
-    """Tag the batch's posts and append every entry's record, then flush and fsync."""
+class _Sink:
+    """--output opened for appending whole batches: each batch is written and fsynced, or, should the
+    OS refuse (a full disk, a read-only or vanished file system, a file-size limit), cut off again so
+    the file holds only complete records, and the run stops with an OutputError naming the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError as error:
+            raise OutputError(f"cannot open --output {path} for writing: {_os_error(error)}") from None
+
+    def __enter__(self) -> _Sink:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
+
+    def append(self, data: bytes) -> None:
+        start = os.lseek(self.fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:  # a write may be short (a disk filling up): the next one says why
+                view = view[os.write(self.fd, view) :]
+            os.fsync(self.fd)
+        except OSError as error:
+            try:
+                os.ftruncate(self.fd, start)  # leave complete records only
+            except OSError:
+                pass  # the next run's resume cuts off a torn last record all the same
+            raise OutputError(f"cannot write --output {self.path}: {_os_error(error)}; the records before this batch are "
+                              "complete: fix the cause and run again to resume") from None  # fmt: skip
+
+
+def _os_error(error: OSError) -> str:
+    code = errno.errorcode.get(error.errno, "") if error.errno is not None else ""
+    return f"{error.strerror or error} ({code})" if code else f"{error.strerror or error}"
+
+
+def _flush(pipeline: Pipeline, entries: list[_Entry], sink: _Sink, summary: TagSummary) -> None:
+    """Tag the batch's posts and append every entry's record (written and fsynced as one)."""
     to_tag = [e for e in entries if e.record is None]
     if to_tag and to_tag[0].words is not None:
         results = pipeline.tag_words([e.words for e in to_tag], [e.post.image for e in to_tag])
@@ -216,18 +308,21 @@ def _flush(pipeline: Pipeline, entries: list[_Entry], sink, summary: TagSummary)
         if not result.ok:
             entry.kind = "image" if result.error.startswith("image:") else "text"
     lines = []
+    counts = Counter()
+    tagged = entities = 0
     for entry in entries:
         record = {"id": entry.id, "line": entry.line, **entry.extra, **entry.record}
         if "error" in record:
             record.pop("image_error", None)
-            summary.errors[entry.kind] += 1
+            counts[entry.kind] += 1
         else:
-            summary.tagged += 1
-            summary.entities += len(record["entities"])
+            tagged += 1
+            entities += len(record["entities"])
         lines.append(record_line(record))
-    sink.write(b"".join(lines))
-    sink.flush()
-    os.fsync(sink.fileno())
+    sink.append(b"".join(lines))
+    summary.errors.update(counts)  # counted once written: a failed write leaves the summary as the file
+    summary.tagged += tagged
+    summary.entities += entities
 
 
 def record_line(record: dict[str, Any]) -> bytes:
@@ -251,6 +346,17 @@ def result_record(result: TagResult, with_tags: bool) -> dict[str, Any]:
 # --------------------------------------------------------------------------- input lines
 
 
+@dataclass(frozen=True)
+class _Limits:
+    """How input lines are read: where pictures may come from, and how long a line and a text may be."""
+
+    images_dir: Path  # as given, for messages
+    root: Path  # images_dir resolved: pictures must resolve under it
+    on_bad_image: str
+    max_text_chars: int
+    max_line_bytes: int
+
+
 def _count_lines(path: Path) -> int:
     count, last = 0, b"\n"
     with open(path, "rb") as f:
@@ -260,11 +366,35 @@ def _count_lines(path: Path) -> int:
     return count + (last != b"\n")
 
 
-def _jsonl_entries(path: Path, images_dir: Path, done_ids: set[str], done_lines: set[int]) -> Iterator[_Entry | int]:
+def _bounded_lines(f, max_line_bytes: int) -> Iterator[tuple[bytes, int]]:
+    """(line, its length) for each line of binary file ``f``, the line b"" where it is longer than
+    ``max_line_bytes`` (its newline not counted): such a line is skipped in 1 MiB reads, never held whole."""
+    while True:
+        raw = f.readline(max_line_bytes + 1)
+        if not raw:
+            return
+        content = len(raw) - raw.endswith(b"\n")
+        if content <= max_line_bytes:
+            yield raw, content
+            continue
+        while not raw.endswith(b"\n"):
+            raw = f.readline(1 << 20)
+            if not raw:
+                break
+            content += len(raw) - raw.endswith(b"\n")
+        yield b"", content
+
+
+def _jsonl_entries(path: Path, limits: _Limits, done_ids: set[str], done_lines: set[int]) -> Iterator[_Entry | int]:
     first_line_of: dict[str, int] = {}  # canonical id -> the line it first appeared on
     with open(path, "rb") as lines:
-        for number, raw in enumerate(lines, start=1):
-            entry = _parse_line(number, raw, images_dir, first_line_of)
+        for number, (raw, length) in enumerate(_bounded_lines(lines, limits.max_line_bytes), start=1):
+            if length > limits.max_line_bytes:
+                entry = _Entry(number, None, kind="line too long", record={"error": (
+                    f"line {number} has {length} bytes, over the limit of {limits.max_line_bytes} (--max-line-bytes); "
+                    "it was skipped unread")})  # fmt: skip
+            else:
+                entry = _parse_line(number, raw, limits, first_line_of)
             key = json.dumps(entry.id) if entry.id is not None else None
             repeated = key is not None and first_line_of.get(key, number) != number
             if key is not None and not repeated:
@@ -274,7 +404,7 @@ def _jsonl_entries(path: Path, images_dir: Path, done_ids: set[str], done_lines:
             yield 1 if done else entry
 
 
-def _parse_line(number: int, raw: bytes, images_dir: Path, first_line_of: dict[str, int]) -> _Entry:
+def _parse_line(number: int, raw: bytes, limits: _Limits, first_line_of: dict[str, int]) -> _Entry:
     def error(kind: str, message: str, id: Any = None) -> _Entry:
         return _Entry(number, id, record={"error": message}, kind=kind)
 
@@ -286,16 +416,18 @@ def _parse_line(number: int, raw: bytes, images_dir: Path, first_line_of: dict[s
     if not text.strip():
         return error("not JSON", f"line {number} is blank; expected a JSON object")
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
+        value = jsonlimits.loads(text)
+    except jsonlimits.MalformedJsonError as e:
         return error("not JSON", f"line {number} is not JSON: {e.msg} (column {e.colno})")
+    except jsonlimits.JsonLimitError as e:
+        return error(e.kind, f"line {number} is refused: {e}")
     if not isinstance(value, dict):
         return error("not JSON", f"line {number} is JSON {type(value).__name__}, expected an object with id, text, image")
     if "id" not in value:
         return error("missing field", "missing field 'id'")
     post_id = value["id"]
     if isinstance(post_id, bool) or not isinstance(post_id, (str, int)):
-        return error("bad field", f"id must be a string or an integer, got {json.dumps(post_id)}")
+        return error("bad field", f"id must be a string or an integer, got {_shown(json.dumps(post_id))}")
     key = json.dumps(post_id)
     first = first_line_of.setdefault(key, number)
     if first != number:
@@ -304,39 +436,58 @@ def _parse_line(number: int, raw: bytes, images_dir: Path, first_line_of: dict[s
         return error("missing field", "missing field 'text'", post_id)
     if not isinstance(value["text"], str):
         return error("bad field", f"text must be a string, got {type(value['text']).__name__}", post_id)
-    image = value.get("image")
-    data = None
-    if image is not None:
-        if not isinstance(image, str):
-            return error("bad field", f"image must be a path or base64 string, got {type(image).__name__}", post_id)
-        data, problem = _image_bytes(image, images_dir)
+    if len(value["text"]) > limits.max_text_chars:
+        return error("text too long", _text_too_long(value["text"], limits.max_text_chars), post_id)
+    path, inline = value.get("image"), value.get("image_base64")
+    if path is not None and inline is not None:
+        return error("bad field", "give at most one of image (a path under --images) and image_base64", post_id)
+    if path is not None and not isinstance(path, str):
+        return error("bad field", f"image must be a path under --images, got {type(path).__name__} (inline "
+                                  "pictures go in image_base64)", post_id)  # fmt: skip
+    if inline is not None and not isinstance(inline, str):
+        return error("bad field", f"image_base64 must be a string, got {type(inline).__name__}", post_id)
+    entry = _Entry(number, post_id, post=Post(value["text"]))
+    if inline is not None:
+        data, problem = inline_image(inline)
         if problem is not None:
+            return error("image", f"image: image_base64: {problem}", post_id)
+        entry.post = Post(value["text"], data)
+    elif path is not None:
+        data, problem = read_image_under(limits.images_dir, limits.root, path)
+        if problem is not None and data is None:
             return error("image", f"image: {problem}", post_id)
-    return _Entry(number, post_id, post=Post(value["text"], data))
+        if problem is not None:  # a file that is no picture: the pipeline's --on-bad-image policy
+            if limits.on_bad_image == "error":
+                return error("image", f"image: {problem}", post_id)
+            entry.extra["image_error"] = problem
+        else:
+            entry.post = Post(value["text"], data)
+    return entry
 
 
-def _image_bytes(value: str, images_dir: Path) -> tuple[bytes | None, str | None]:
-    """(bytes, None) or (None, why not) for an input line's image string."""
+def _text_too_long(text: str, max_text_chars: int) -> str:
+    return f"text has {len(text)} characters, over the limit of {max_text_chars} (--max-text-chars)"
+
+
+def _shown(value: str, quote: bool = False) -> str:
+    """``value`` for an error message, quoted or not: cut to a few dozen characters (an echo of a
+    16 MiB field helps no one)."""
+    if len(value) <= _SHOWN_CHARS:
+        return repr(value) if quote else value
+    cut = f"{value[: _SHOWN_CHARS - 20]}...{value[-8:]}"
+    return f"{cut!r} ({len(value)} characters)" if quote else f"{cut} ({len(value)} characters)"
+
+
+def inline_image(value: str) -> tuple[bytes | None, str | None]:
+    """(bytes, None) or (None, why not) for an inline picture: plain or URL-safe base64, or a data: URL."""
     if value.startswith("data:"):
         header, comma, payload = value.partition(",")
         if not comma or not header.endswith(";base64"):
             return None, f"a data URL must look like data:image/jpeg;base64,<payload>, got {value[:40]!r}..."
         return decode_base64(payload)
     if not value:
-        return None, "empty image string (omit the field, or use null, for a post without a picture)"
-    path = images_dir / value
-    try:
-        is_file = path.is_file()
-    except (OSError, ValueError):  # a long base64 string is not a valid file name
-        is_file = False
-    if is_file:
-        return _read_image_file(path)
-    if "." in value:  # base64 has no "."
-        return None, f"no such image file: {path}"
-    data, problem = decode_base64(value)
-    if problem is not None:
-        return None, f"not a file under {images_dir} and not valid base64 ({problem})"
-    return data, None
+        return None, "empty (omit the field, or use null, for a post without a picture)"
+    return decode_base64(value)
 
 
 def decode_base64(payload: str) -> tuple[bytes | None, str | None]:
@@ -356,22 +507,89 @@ def decode_base64(payload: str) -> tuple[bytes | None, str | None]:
         return None, f"invalid base64: {e}"
 
 
-def _read_image_file(path: Path) -> tuple[bytes | None, str | None]:
+def read_image_under(images_dir: Path, root: Path, name: str) -> tuple[bytes | None, str | None]:
+    """Read picture file ``name`` under ``images_dir`` (``root`` is it resolved): (bytes, None);
+    (None, why not); or (bytes, why it is no picture) for a file whose header is of no picture format.
+
+    ``name`` resolves (``..`` and symlinks followed) to a regular file under ``root`` or is refused
+    by that rule before any existence check, so the answer says nothing about files elsewhere. A
+    name without an extension that names no file is tried with ".jpg" (a TWITTER image id such as
+    ``16_05_01_360`` names ``16_05_01_360.jpg``). No message quotes the file's bytes.
+    """
+    if not name:
+        return None, "empty image path (omit the field, or use null, for a post without a picture)"
+    shown = _shown(name, quote=True)
+    hint = "; inline pictures go in image_base64, image is a path" if _looks_inline(name) else ""
+    tried = [name] if Path(name).suffix else [name, name + ".jpg"]
+    for candidate in tried:
+        try:
+            real = Path(os.path.realpath(images_dir / candidate))
+        except (OSError, ValueError):  # a NUL, or a lone surrogate no file name can hold
+            continue
+        if not real.is_relative_to(root):
+            return None, (f"{shown} leads outside --images {images_dir}: pictures are read only from files under "
+                          f"--images{hint}")  # fmt: skip
+        data, problem = _read_regular_file(real, root, shown)
+        if data is None and problem is None:  # no such file: try the next name
+            continue
+        return data, problem
+    nor = " (nor with .jpg)" if len(tried) > 1 else ""
+    return None, f"no such image file: {images_dir}{os.sep}{_shown(name)}{nor}{hint}"
+
+
+def _looks_inline(name: str) -> bool:
+    """A picture put in "image" inline, as older mner-tag input had it: said in the error, never decoded."""
+    return name.startswith("data:") or (len(name) >= 64 and _BASE64.fullmatch(_WHITESPACE.sub("", name)) is not None)
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _read_regular_file(real: Path, root: Path, shown: str) -> tuple[bytes | None, str | None]:
+    """(None, None) where there is no such file; see read_image_under for the rest."""
     try:
-        size = path.stat().st_size
-        if size > MAX_IMAGE_BYTES:
-            return None, f"{path} is {size} bytes, over the {MAX_IMAGE_BYTES >> 20} MiB limit"
-        return path.read_bytes(), None
-    except FileNotFoundError:
-        return None, f"no such image file: {path}"
-    except OSError as e:
-        return None, f"{path}: cannot read the file ({e.strerror or e})"
+        # O_NOFOLLOW: the path was resolved, so a symlink here appeared since; O_NONBLOCK: a FIFO must not hang us
+        fd = os.open(real, _OPEN_FLAGS)
+    except (FileNotFoundError, NotADirectoryError):
+        return None, None
+    except OSError as error:
+        if error.errno == errno.ENAMETOOLONG:
+            return None, None
+        return None, f"{shown}: cannot open the file ({_os_error(error)})"
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(info.st_mode):
+            return None, f"{shown} is a directory, not a picture file"
+        return None, f"{shown} is not a regular file (a device, FIFO or socket): pictures are read from files"
+    with os.fdopen(fd, "rb") as f:
+        try:  # what was opened, in case a folder on the way was swapped for a link after resolving
+            opened = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            opened = real
+        if not opened.is_relative_to(root):
+            return None, f"{shown} leads outside --images: pictures are read only from files under --images"
+        if info.st_size > MAX_IMAGE_BYTES:
+            return None, f"{shown} is {info.st_size} bytes, over the {MAX_IMAGE_BYTES >> 20} MiB limit"
+        try:
+            data = f.read(MAX_IMAGE_BYTES + 1)
+        except OSError as error:
+            return None, f"{shown}: cannot read the file ({_os_error(error)})"
+    if len(data) > MAX_IMAGE_BYTES:
+        return None, f"{shown} is over the {MAX_IMAGE_BYTES >> 20} MiB limit"
+    try:
+        read_header(data)
+    except ImageError as error:
+        if not data or str(error).startswith("not an image"):  # its message quotes the first bytes: not here
+            return data, f"{shown} is not a picture (supported: PNG, JPEG, GIF, BMP, WEBP)"
+        return data, f"{shown}: {error}"
+    return data, None
 
 
 # --------------------------------------------------------------------------- resuming
 
 
-def _resume(output: Path) -> tuple[set[str], set[int]]:
+def _resume(output: Path, max_line_bytes: int) -> tuple[set[str], set[int]]:
     """Ids (canonical JSON) and line numbers already in ``output``, after cutting off a torn last record."""
     if not output.exists():
         return set(), set()
@@ -380,32 +598,44 @@ def _resume(output: Path) -> tuple[set[str], set[int]]:
     done_ids: set[str] = set()
     done_lines: set[int] = set()
     offset = 0
-    with open(output, "rb+") as f:
-        for number, raw in enumerate(f, start=1):
-            if not raw.endswith(b"\n"):  # the last record, torn by a kill: it is written again
-                logger.warning("%s: dropping an incomplete last record (%d bytes) left by an interrupted run", output, len(raw))
-                f.truncate(offset)
-                break
-            record = _parse_record(raw, output, number)
-            done_lines.add(record["line"])
-            if record.get("id") is not None:
-                done_ids.add(json.dumps(record["id"]))
-            offset += len(raw)
+    torn = None
+    try:
+        with open(output, "rb") as f:
+            for number, (raw, length) in enumerate(_bounded_lines(f, _record_limit(max_line_bytes)), start=1):
+                if raw and not raw.endswith(b"\n"):  # the last record, torn by a kill: it is written again
+                    torn = (offset, len(raw))
+                    break
+                record = _parse_record(raw, length, output, number, max_line_bytes)
+                done_lines.add(record["line"])
+                if record.get("id") is not None:
+                    done_ids.add(json.dumps(record["id"]))
+                offset += len(raw)
+        if torn is not None:
+            logger.warning("%s: dropping an incomplete last record (%d bytes) left by an interrupted run", output, torn[1])
+            os.truncate(output, torn[0])
+    except OSError as error:
+        raise OutputError(f"cannot resume --output {output}: {_os_error(error)}") from None
     return done_ids, done_lines
 
 
-def _records(output: Path) -> Iterator[dict[str, Any]]:
+def _record_limit(max_line_bytes: int) -> int:
+    return _RECORD_LINE_SLACK * max_line_bytes + (1 << 20)
+
+
+def _records(output: Path, max_line_bytes: int) -> Iterator[dict[str, Any]]:
     with open(output, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            yield _parse_record(raw, output, number)
+        for number, (raw, length) in enumerate(_bounded_lines(f, _record_limit(max_line_bytes)), start=1):
+            yield _parse_record(raw, length, output, number, max_line_bytes)
 
 
-def _parse_record(raw: bytes, output: Path, number: int) -> dict[str, Any]:
-    try:
-        record = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        record = None
-    if not isinstance(record, dict) or not isinstance(record.get("line"), int):
+def _parse_record(raw: bytes, length: int, output: Path, number: int, max_line_bytes: int) -> dict[str, Any]:
+    record = None
+    if length <= _record_limit(max_line_bytes):
+        try:
+            record = jsonlimits.loads(raw)
+        except jsonlimits.JsonLimitError:
+            pass
+    if not isinstance(record, dict) or isinstance(record.get("line"), bool) or not isinstance(record.get("line"), int):
         raise OutputError(f"--output {output} line {number} is not an mner-tag record, so the file cannot be resumed; "
                           "pass another --output (or delete this one)")  # fmt: skip
     return record
