@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,6 +31,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from mner.runtime.image import ImageError, read_header
 from mner.runtime.pipeline import TAGGING_FAILED, Pipeline, Post, TagResult
@@ -241,11 +242,10 @@ def _json_body(body: bytes) -> Any:
 async def _read_post(request: Request, config: ServeConfig, max_pixels: int) -> Post:
     body = await _read_body(request, config)
     if request.headers["content-type"].lower().startswith("multipart/form-data"):
-        fields = _multipart(body, request.headers["content-type"])
-        unknown = sorted(set(fields) - {"text", "image"})
-        if "text" not in fields or unknown:
-            what = "has no 'text' field" if "text" not in fields else f"has unknown fields {unknown}"
-            raise ApiError(422, "invalid request", f"a multipart post needs a 'text' field and may have an 'image' file; this one {what}")
+        fields = await asyncio.to_thread(_multipart, body, request.headers["content-type"])
+        if "text" not in fields:
+            raise ApiError(422, "invalid request", "a multipart post needs a 'text' field and may have an 'image' file; "
+                           "this one has no 'text' field")  # fmt: skip
         try:
             text = fields["text"].decode("utf-8")
         except UnicodeDecodeError as error:
@@ -316,27 +316,94 @@ def _check_image(data: bytes, max_pixels: int, where: str) -> None:
                        f"limit of {max_pixels}", limit="max_pixels", value=max_pixels)  # fmt: skip
 
 
+# The parts a multipart post may have, and what python-multipart allows of each part's headers: a few short
+# lines (Content-Disposition, Content-Type). Past these the parser stops at once, so a hostile part header
+# (the same field repeated for megabytes) costs a few kilobytes of scanning, not a regex over all of it.
+_MULTIPART_FIELDS = ("text", "image")
+_MULTIPART_MAX_HEADERS = 8
+_MULTIPART_MAX_HEADER_BYTES = 4096
+_MULTIPART_MAX_PADDING = 64  # spaces or tabs RFC 2046 lets a sender put after a boundary delimiter
+
+
+def _check_delimiters(body: bytes, delimiter: bytes) -> None:
+    """Refuse, at C speed, the two things python-multipart steps through byte by byte in Python: text that
+    starts like the boundary delimiter inside a part (~4 µs each: 16 MiB of "\\r\\n--B" + one byte took 12 s)
+    and transport padding after a delimiter (16 MiB of spaces took 33 s). RFC 2046 forbids the first (the
+    delimiter never occurs inside a part), so a two-part post has it at most three times, each followed by
+    "--" or by CRLF after a little padding."""
+    found = body.count(delimiter)
+    if found > len(_MULTIPART_FIELDS) + 1:
+        raise ApiError(400, "malformed multipart", f"the boundary delimiter occurs {found} times; a post of at most "
+                       f"{len(_MULTIPART_FIELDS)} parts has it at most {len(_MULTIPART_FIELDS) + 1} times (RFC 2046: "
+                       "never inside a part)")  # fmt: skip
+    at = body.find(delimiter)
+    while at >= 0:
+        after = body[at + len(delimiter) : at + len(delimiter) + _MULTIPART_MAX_PADDING + 2]
+        if not (after.startswith(b"--") or after.lstrip(b" \t").startswith(b"\r\n")):
+            raise ApiError(400, "malformed multipart", f"the boundary delimiter at byte {at} is followed by neither "
+                           f"'--' nor CRLF (after at most {_MULTIPART_MAX_PADDING} spaces or tabs)")  # fmt: skip
+        at = body.find(delimiter, at + len(delimiter))
+
+
 def _multipart(body: bytes, content_type: str) -> dict[str, bytes]:
-    """The fields of a multipart/form-data body, by name (RFC 7578; no nested parts)."""
-    match = re.search(r'boundary="?([^";]+)"?', content_type)
-    if match is None:
+    """The fields of a multipart/form-data body, by name (RFC 7578), parsed by python-multipart (the parser
+    Starlette's ``request.form()`` uses) in one linear pass: at most one part per name in _MULTIPART_FIELDS.
+    Called off the event loop (``asyncio.to_thread``): even a linear pass over 16 MiB of Python-level
+    parsing is too long to hold /healthz for."""
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
         raise ApiError(400, "malformed multipart", "multipart/form-data without a boundary parameter")
-    delimiter = b"--" + match.group(1).encode("latin-1")
-    parts = body.split(delimiter)
-    if len(parts) < 3 or not parts[-1].startswith(b"--"):
-        raise ApiError(400, "malformed multipart", "the multipart body is not closed by its boundary")
+    _check_delimiters(body, b"\r\n--" + boundary)
     fields: dict[str, bytes] = {}
-    for part in parts[1:-1]:
-        head, separator, content = part.partition(b"\r\n\r\n")
-        if not separator or not head.startswith(b"\r\n") or not content.endswith(b"\r\n"):
-            raise ApiError(400, "malformed multipart", "a multipart part lacks its headers or CRLF framing")
-        name = re.search(rb'content-disposition:[^\r\n]*\bname="([^"]*)"', head, re.IGNORECASE)
+    part: dict[str, Any] = {}  # the part being read: its headers so far and its data chunks
+
+    def on_part_begin() -> None:
+        if len(fields) == len(_MULTIPART_FIELDS):
+            raise ApiError(422, "invalid request", f"a multipart post has at most {len(_MULTIPART_FIELDS)} parts "
+                           f"({' and '.join(_MULTIPART_FIELDS)}); this one has more")  # fmt: skip
+        part.clear()
+        part.update(field=bytearray(), value=bytearray(), disposition=None, chunks=[])
+
+    def on_header_end() -> None:
+        if bytes(part["field"]).strip().lower() == b"content-disposition":
+            part["disposition"] = part["value"].decode("latin-1")
+        part["field"], part["value"] = bytearray(), bytearray()
+
+    def on_headers_finished() -> None:
+        _, disposition = parse_options_header(part["disposition"])
+        name = disposition.get(b"name")
         if name is None:
             raise ApiError(400, "malformed multipart", "a multipart part has no Content-Disposition name")
-        key = name.group(1).decode("utf-8", "replace")
+        key = name.decode("utf-8", "replace")
+        if key not in _MULTIPART_FIELDS:
+            raise ApiError(422, "invalid request", f"a multipart post needs a 'text' field and may have an 'image' "
+                           f"file; this one has an unknown field {key!r}")  # fmt: skip
         if key in fields:
             raise ApiError(422, "invalid request", f"the multipart field {key!r} is given twice")
-        fields[key] = content[:-2]
+        part["name"] = key
+        fields[key] = b""  # counted now, so a repeated name is refused before its data is read
+
+    def on_part_end() -> None:
+        fields[part["name"]] = b"".join(part["chunks"])
+
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_header_field": lambda data, start, end: part["field"].extend(data[start:end]),
+        "on_header_value": lambda data, start, end: part["value"].extend(data[start:end]),
+        "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished,
+        "on_part_data": lambda data, start, end: part["chunks"].append(data[start:end]),
+        "on_part_end": on_part_end,
+    }
+    try:
+        parser = MultipartParser(boundary, callbacks, max_header_count=_MULTIPART_MAX_HEADERS,
+                                 max_header_size=_MULTIPART_MAX_HEADER_BYTES)  # fmt: skip
+        parser.write(body)
+    except FormParserError as error:  # a framing error, a header over the limits, a boundary over 70 bytes
+        raise ApiError(400, "malformed multipart", f"the multipart body is malformed: {error}") from error
+    if parser.state != MultipartState.END:
+        raise ApiError(400, "malformed multipart", "the multipart body is not closed by its boundary")
     return fields
 
 
