@@ -37,6 +37,7 @@ from python_multipart.multipart import MultipartParser, MultipartState, parse_op
 from mner.runtime.image import ImageError, read_header
 from mner.runtime.pipeline import TAGGING_FAILED, Pipeline, Post, TagResult
 from mner.runtime.serve_batcher import Batcher, Metrics, QueueFull, ServeConfig  # noqa: F401 -- ServeConfig is part of this API
+from mner.runtime.serve_budget import OverBudget, post_costs
 from mner.runtime.tagfile import decode_base64, result_record
 from mner.runtime.textcheck import text_problem
 
@@ -121,7 +122,7 @@ def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig()) -> FastA
     @app.post("/v1/tag", summary="Tag one post", openapi_extra=_TAG_BODY)
     async def tag_one(request: Request) -> JSONResponse:
         post = await _read_post(request, config, pipeline.max_pixels)
-        (result,) = await _tag(batcher, config, [post])
+        (result,) = await _tag(batcher, config, pipeline, [post], ["the post"])
         if not result.ok:
             if result.error.startswith(TAGGING_FAILED):  # the pipeline raised on this post: not known to be its fault
                 raise ApiError(500, "internal", result.error)
@@ -138,7 +139,7 @@ def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig()) -> FastA
             raise ApiError(422, "too many posts", f"{len(posts)} posts in one call, over the limit of {config.max_posts}",
                            limit="max_posts", value=config.max_posts)  # fmt: skip
         parsed = [_post_from_json(post, config, pipeline.max_pixels, where=f"posts[{i}]") for i, post in enumerate(posts)]
-        results = await _tag(batcher, config, parsed)
+        results = await _tag(batcher, config, pipeline, parsed, [f"posts[{i}]" for i in range(len(parsed))])
         return JSONResponse({"results": [result_record(result, with_tags=False) for result in results]})
 
     return app
@@ -188,11 +189,17 @@ def _error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
-async def _tag(batcher: Batcher, config: ServeConfig, posts: list[Post]) -> list[TagResult]:
+async def _tag(batcher: Batcher, config: ServeConfig, pipeline: Pipeline, posts: list[Post], names: list[str]) -> list[TagResult]:
     if not batcher.ready.is_set():
         raise ApiError(503, "not ready", batcher.failed or "the bundle is warming up; retry shortly", headers={"Retry-After": "1"})
+    try:  # the budget (serve_budget): counted in a thread, off the event loop, before anything is queued
+        costs = await asyncio.to_thread(post_costs, pipeline, posts, names, max_post_pieces=config.max_post_pieces,
+                                        max_request_pieces=config.max_request_pieces,
+                                        max_request_pixels=config.max_request_pixels)  # fmt: skip
+    except OverBudget as error:
+        raise ApiError(422, "over budget", str(error), limit=error.limit, value=error.value) from error
     try:
-        future, abandoned = batcher.submit(posts)
+        future, abandoned = batcher.submit(posts, costs)
     except QueueFull as error:
         raise ApiError(503, "queue full", str(error), limit="max_queue", value=config.max_queue,
                        headers={"Retry-After": "1"}) from error  # fmt: skip

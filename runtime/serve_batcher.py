@@ -1,17 +1,33 @@
-"""Dynamic batching for mner-serve: one worker thread owns the pipeline and tags coalesced requests.
+"""Dynamic batching and fair scheduling for mner-serve: one worker thread owns the pipeline.
 
 ``Pipeline`` keeps state between calls (a lazily made thread pool, runner sessions), so
-it is used from one thread only. Requests hand their posts to ``Batcher.submit`` on the
-event loop; the worker takes the first waiting request, keeps collecting until the
-batch holds ``max_batch`` posts or ``max_wait_ms`` has passed since it took the first,
-tags them in one ``pipeline.tag`` call, and resolves each request's future on the loop.
-A request's posts are never split across batches, so a batch request larger than
-``max_batch`` is tagged whole (the pipeline chunks it at its own batch size).
+it is used from one thread only. Requests hand their posts, with their costs
+(``serve_budget``: tagger windows, picture pixels), to ``Batcher.submit`` on the event
+loop. The worker forms batches from the waiting requests and tags each batch in steps
+(``Pipeline.tag_steps``: a step is a batch's pictures and first chunk of windows, or one
+more chunk of at most ``max_batch`` windows), taking the steps of all running batches in
+turn. So a large request never holds the worker for its whole length:
+
+- a batch holds at most ``max_batch`` posts, ``max_batch`` tagger windows and
+  ``max_batch_pixels`` decoded pixels (a post larger than that is a batch of its own, and
+  a long post's windows are steps of their own): a request of many posts is cut into
+  several batches, one running at a time;
+- posts are taken from the waiting requests in turn, one each per round, the requests
+  served least recently first, so a short request's posts join the next batch;
+- a new batch is stepped ahead of the running ones, but then the running ones get the
+  next step before another new batch goes ahead (a stream of short requests cannot
+  starve a long one). A short request arriving while the largest legal request is being
+  tagged waits for about one step of it, not for all of it.
+
+Each request's results are assembled in order and its future resolved once, when its
+last post is tagged. An idle worker waits up to ``max_wait_ms`` after a first request for
+others to join its batch. What one step cannot cut: one picture's decoding and its
+detector and vision stages (bounded by the per-picture and per-request pixel limits).
 
 One request's problem stays its own: a post the pipeline cannot tag gets its error in
-its result (the pipeline re-tags a failing batch post by post), and should
-``pipeline.tag`` raise all the same, the batch's requests are tagged one by one, so only
-the request that fails alone gets the exception (its 500).
+its result (the pipeline re-tags a failing batch post by post), and should the pipeline
+raise all the same, the batch's requests are tagged one by one, so only the request that
+fails alone gets the exception (its 500).
 """
 
 from __future__ import annotations
@@ -22,12 +38,14 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from mner.runtime.pipeline import Pipeline, Post, TagResult
+from mner.runtime.pipeline import Pipeline, Post, Steps, TagResult
+from mner.runtime.serve_budget import PostCost
 
 logger = logging.getLogger(__name__)
 
@@ -39,19 +57,32 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class ServeConfig:
     """Batching and limits. Each default says why."""
 
-    max_batch: int = 32  # posts per pipeline call: past ~32 the CPU tagger gains little per post
+    max_batch: int = 32  # posts, and tagger windows, per batch step: past ~32 the CPU tagger gains little per post
     max_wait_ms: float = 5.0  # what a lone request pays to give others a chance to join its batch
     max_queue: int = 1024  # posts waiting; at ~1 ms a post on CPU, ~1 s of work before 503
     timeout_s: float = 30.0  # a request waiting longer gets 504 (its posts are skipped if not started)
     max_body_bytes: int = 16 << 20  # a few full-size pictures in base64
     max_text_chars: int = 10_000  # far above a tweet (280); long posts are windowed, not truncated
     max_posts: int = 64  # posts in one /v1/tag/batch call
+    # The work one request may ask for (serve_budget), checked before it is queued. A 10,000-character post of
+    # prose has ~2,500 word-pieces; 10,000 characters of one-piece fragments ("a a a ...") up to 10,000 (~330
+    # windows of 64), which max_post_pieces refuses. max_request_pieces takes 64 tweets (~100 pieces each) twice
+    # over, or 4 posts at max_post_pieces: on a CPU with the paper-size tagger (~260 windows of 128) well within
+    # timeout_s, and the fair scheduling keeps other requests' latency bounded meanwhile.
+    max_post_pieces: int = 4096
+    max_request_pieces: int = 16_384
+    max_request_pixels: int = 50_000_000  # four 12-MP phone photos, or 48 pictures of 1 MP: ~1-2 s of decoding on a core
+    max_batch_pixels: int = 4_000_000  # pictures decoded in one step (~0.1-0.2 s on a core); a larger one is a step alone
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "max_body_bytes", "max_text_chars", "max_posts"):
+        for name in ("max_batch", "max_queue", "max_body_bytes", "max_text_chars", "max_posts", "max_post_pieces",
+                     "max_request_pieces", "max_request_pixels", "max_batch_pixels"):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.max_post_pieces > self.max_request_pieces:
+            raise ValueError(f"max_post_pieces ({self.max_post_pieces}) must not exceed max_request_pieces "
+                             f"({self.max_request_pieces}): a request holds at least one post")  # fmt: skip
         if not self.max_wait_ms >= 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms!r}")
         if not self.timeout_s > 0:
@@ -80,16 +111,49 @@ class Metrics:
         self.posts = Counter("mner_posts", "Posts tagged", registry=self.registry)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
+    """A request: its posts and their costs, and how far its tagging has got."""
+
     posts: Sequence[Post]
+    costs: Sequence[PostCost]
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     abandoned: threading.Event = field(default_factory=threading.Event)  # the request timed out: skip it
+    taken: int = 0  # posts handed to batches so far (in order)
+    results: list[TagResult] = field(default_factory=list)  # of the posts tagged so far, in order
+
+    @property
+    def left(self) -> int:
+        return len(self.posts) - self.taken
+
+
+@dataclass(eq=False)
+class _Part:
+    """A request's posts [start, end) in a batch."""
+
+    job: _Job
+    start: int
+    end: int
+
+    @property
+    def posts(self) -> Sequence[Post]:
+        return self.job.posts[self.start : self.end]
+
+
+@dataclass(eq=False)
+class _Batch:
+    parts: list[_Part]
+    steps: Steps | None = None  # made at the first step
+    seconds: float = 0.0  # spent in its steps
+
+    @property
+    def posts(self) -> list[Post]:
+        return [post for part in self.parts for post in part.posts]
 
 
 class Batcher:
-    """Coalesces requests into batches for one pipeline, tagged by one worker thread.
+    """Coalesces requests into batches for one pipeline, tagged in interleaved steps by one worker thread.
 
     ``start()`` launches the worker, which warms the pipeline up (``ready`` is set
     after); ``close()`` lets it finish every request already submitted, then stops it.
@@ -99,6 +163,7 @@ class Batcher:
         self.pipeline = pipeline
         self.metrics = metrics
         self.max_batch = config.max_batch  # the limits come checked by ServeConfig
+        self.max_batch_pixels = config.max_batch_pixels
         self.max_wait = config.max_wait_ms / 1000
         self.max_queue = config.max_queue
         self.warmup_posts = list(warmup_posts)
@@ -124,13 +189,17 @@ class Batcher:
     def depth(self) -> int:
         return self._depth
 
-    def submit(self, posts: Sequence[Post]) -> tuple[asyncio.Future, threading.Event]:
+    def submit(self, posts: Sequence[Post], costs: Sequence[PostCost] | None = None) -> tuple[asyncio.Future, threading.Event]:
         """Queue ``posts`` for tagging; returns a future for their results and an event to set on giving up.
 
-        Raises ``QueueFull`` when the queue lacks room and ``RuntimeError`` once closing."""
+        ``costs`` (``serve_budget.post_costs``) let the worker cut the request into batches of
+        bounded work; without them each post counts as one window and no pixels. Raises
+        ``QueueFull`` when the queue lacks room and ``RuntimeError`` once closing."""
         assert posts, "submit needs at least one post"
+        costs = [PostCost()] * len(posts) if costs is None else list(costs)
+        assert len(costs) == len(posts), "one cost per post"
         loop = asyncio.get_running_loop()
-        job = _Job(posts, loop.create_future(), loop)
+        job = _Job(posts, costs, loop.create_future(), loop)
         with self._lock:
             if self._closing:
                 raise RuntimeError("the service is shutting down")
@@ -153,69 +222,159 @@ class Batcher:
         except Exception as error:  # noqa: BLE001 -- reported on /readyz; requests still get the pipeline's answer
             self.failed = f"warm-up failed: {error}"
             logger.exception("warm-up failed")
+        waiting: deque[_Job] = deque()  # requests with posts to batch and none running: served least recently first
+        running: deque[_Batch] = deque()  # batches with steps left, in turn
+        owed = False  # a new batch was stepped ahead of running ones: they get the next step
         stopping = False
-        while not stopping:
-            job = self._queue.get()
-            if job is None:
+        while True:
+            idle = not waiting and not running
+            if idle and stopping:
                 break
-            jobs = [job]
-            size = len(job.posts)
-            deadline = time.monotonic() + self.max_wait
-            while size < self.max_batch:
-                remaining = deadline - time.monotonic()
-                try:
-                    more = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:  # close(): finish this batch and what is already queued, then stop
-                    stopping = True
-                    break
-                jobs.append(more)
-                size += len(more.posts)
-            self._run(jobs)
-        while True:  # jobs submitted before close() but behind the sentinel
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                self._run([job])
+            stopping = self._take_jobs(waiting, block=idle) or stopping  # close(): finish what came before it
+            self._drop_abandoned(waiting)
+            if waiting and not (owed and running):
+                running.appendleft(self._form(waiting))
+            if not running:
+                continue
+            batch = running.popleft()
+            owed = batch.steps is None and bool(running)
+            if not self._step(batch, waiting):
+                running.append(batch)
 
-    def _run(self, jobs: list[_Job]) -> None:
+    def _take_jobs(self, waiting: deque[_Job], *, block: bool) -> bool:
+        """Move submitted requests to ``waiting``; True once close()'s sentinel is read. With ``block`` (the
+        worker is idle), wait for a first request, then up to max_wait for others to fill a batch."""
+        if not block:
+            while True:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    return False
+                if job is None:
+                    return True
+                waiting.append(job)
+        job = self._queue.get()
+        if job is None:
+            return True
+        waiting.append(job)
+        size = len(job.posts)
+        deadline = time.monotonic() + self.max_wait
+        while size < self.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if job is None:
+                return True
+            waiting.append(job)
+            size += len(job.posts)
+        return False
+
+    def _drop_abandoned(self, waiting: deque[_Job]) -> None:
+        """Requests that timed out leave the queue with their posts not yet batched."""
+        for job in [job for job in waiting if job.abandoned.is_set()]:
+            waiting.remove(job)
+            self._release(job)
+
+    def _release(self, job: _Job) -> None:
+        """The request's posts not yet batched will never be: out of the queue's depth."""
         with self._lock:
-            self._depth -= sum(len(job.posts) for job in jobs)
+            self._depth -= job.left
             self.metrics.queue_depth.set(self._depth)
-        live = [job for job in jobs if not job.abandoned.is_set()]
-        if not live:
-            return
-        posts = [post for job in live for post in job.posts]
+        job.taken = len(job.posts)
+
+    def _form(self, waiting: deque[_Job]) -> _Batch:
+        """A batch of posts from the waiting requests, in turn (one post each per round, from the front),
+        up to max_batch posts, max_batch windows and max_batch_pixels; a post that does not fit is left
+        for a later batch (its request keeps its place), unless the batch is empty. The requests that
+        gave posts leave ``waiting`` until this batch is tagged."""
+        parts: dict[_Job, _Part] = {}
+        open_jobs = list(waiting)
+        posts = windows = pixels = 0
+        while open_jobs and posts < self.max_batch:
+            for job in list(open_jobs):
+                cost = job.costs[job.taken]
+                if posts and (windows + cost.windows > self.max_batch or pixels + cost.pixels > self.max_batch_pixels):
+                    open_jobs.remove(job)
+                    continue
+                part = parts.setdefault(job, _Part(job, job.taken, job.taken))
+                part.end = job.taken = job.taken + 1
+                posts, windows, pixels = posts + 1, windows + cost.windows, pixels + cost.pixels
+                if not job.left:
+                    open_jobs.remove(job)
+                if posts == self.max_batch:
+                    break
+        for job in parts:
+            waiting.remove(job)
+        with self._lock:
+            self._depth -= posts
+            self.metrics.queue_depth.set(self._depth)
+        self.metrics.batch_size.observe(posts)
+        return _Batch(list(parts.values()))
+
+    def _step(self, batch: _Batch, waiting: deque[_Job]) -> bool:
+        """Take one step of ``batch``; True when it is done (its requests updated, answered when complete)."""
+        if all(part.job.abandoned.is_set() for part in batch.parts):
+            if batch.steps is not None:
+                batch.steps.close()
+            self._finish(batch, [], waiting)
+            return True
         started = time.perf_counter()
         try:
-            results = self.pipeline.tag(posts)
+            if batch.steps is None:
+                batch.steps = self.pipeline.tag_steps(batch.posts)
+            next(batch.steps)
+        except StopIteration as done:
+            outcome: list[TagResult] | BaseException = done.value
         except Exception as error:  # noqa: BLE001 -- a failure outside the pipeline's own post-by-post retry
-            # Tag each request alone: only one that fails alone too gets the exception (its 500).
+            outcome = error
+        else:
+            batch.seconds += time.perf_counter() - started
+            return False
+        batch.seconds += time.perf_counter() - started
+        self.metrics.batch_seconds.observe(batch.seconds)
+        self._finish(batch, outcome, waiting)
+        return True
+
+    def _finish(self, batch: _Batch, outcome: list[TagResult] | BaseException, waiting: deque[_Job]) -> None:
+        live = [part for part in batch.parts if not part.job.abandoned.is_set()]
+        if isinstance(outcome, BaseException) and live:
+            # Tag each request's part alone: only one that fails alone too gets the exception (its 500).
             if len(live) == 1:
-                logger.exception("the pipeline failed on a request of %d posts", len(posts))
-                outcomes: list[list[TagResult] | BaseException] = [error]
+                logger.error("the pipeline failed on a request of %d posts", len(batch.posts), exc_info=outcome)
+                outcomes: list[list[TagResult] | BaseException] = [outcome]
             else:
                 logger.warning("the pipeline failed on a batch of %d requests (%s: %s); tagging them one by one",
-                               len(live), type(error).__name__, error)  # fmt: skip
-                outcomes = [self._tag_alone(job) for job in live]
+                               len(live), type(outcome).__name__, outcome)  # fmt: skip
+                outcomes = [self._tag_alone(part.posts) for part in live]
+        elif live:
+            ends = list(itertools.accumulate(len(part.posts) for part in batch.parts))
+            by_part = {id(part): outcome[end - len(part.posts) : end] for part, end in zip(batch.parts, ends)}
+            outcomes = [by_part[id(part)] for part in live]
         else:
-            ends = list(itertools.accumulate(len(job.posts) for job in live))
-            outcomes = [results[end - len(job.posts) : end] for job, end in zip(live, ends)]
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        self.metrics.batch_size.observe(len(posts))
-        for job, outcome in zip(live, outcomes):
-            if not isinstance(outcome, BaseException):
-                self.metrics.posts.inc(len(job.posts))
-            job.loop.call_soon_threadsafe(_resolve, job.future, outcome)
+            outcomes = []
+        for part, result in zip(live, outcomes):
+            job = part.job
+            if isinstance(result, BaseException):
+                self._release(job)
+                job.loop.call_soon_threadsafe(_resolve, job.future, result)
+                continue
+            self.metrics.posts.inc(len(result))
+            job.results.extend(result)
+            if len(job.results) == len(job.posts):
+                job.loop.call_soon_threadsafe(_resolve, job.future, job.results)
+            else:
+                waiting.append(job)  # behind the requests waiting now: they were served less recently
+        for part in batch.parts:
+            if part.job.abandoned.is_set():
+                self._release(part.job)
 
-    def _tag_alone(self, job: _Job) -> list[TagResult] | BaseException:
+    def _tag_alone(self, posts: Sequence[Post]) -> list[TagResult] | BaseException:
         try:
-            return self.pipeline.tag(job.posts)
+            return self.pipeline.tag(posts)
         except Exception as error:  # noqa: BLE001 -- this request's 500
-            logger.exception("the pipeline failed on a request of %d posts", len(job.posts))
+            logger.exception("the pipeline failed on a request of %d posts", len(posts))
             return error
 
 

@@ -22,6 +22,10 @@ class RaisingPipeline:
             raise RuntimeError("cannot take boom")
         return [TagResult(tags=["O"] * len(post.text)) for post in posts]
 
+    def tag_steps(self, posts):  # the batcher's entry point: here all in one step
+        yield from ()
+        return self.tag(posts)
+
 
 async def submit_together(batcher: Batcher, requests: list[list[str]]):
     futures = [batcher.submit([Post(text) for text in texts])[0] for texts in requests]
