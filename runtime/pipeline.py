@@ -198,9 +198,12 @@ class Pipeline:
         on_bad_image: str = "error",
         max_length: int | None = None,
         splitter: str = DEFAULT_SPLITTER,
+        chunk_pieces: int | None = None,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if chunk_pieces is not None and (not isinstance(chunk_pieces, int) or chunk_pieces < 1):
+            raise ValueError(f"chunk_pieces must be a positive int or None, got {chunk_pieces!r}")
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
         if (detector is None) != (vision is None):
@@ -227,6 +230,9 @@ class Pipeline:
         self.detector_size = detector_size
         self.max_pixels = max_pixels
         self.batch_size = batch_size
+        # Most word-pieces (windows x the longest, padding included) per tagger call, besides batch_size
+        # windows: a bound on one call's (one tag_steps step's) cost, which mner-serve sets; None: no bound.
+        self.chunk_pieces = chunk_pieces
         self.on_bad_image = on_bad_image
         inputs = {t.name: t for t in tagger.stage.inputs}
         self._grid_dim = int(inputs["grid"].shape[2])
@@ -262,8 +268,8 @@ class Pipeline:
         "fp16"), "trt" (the bundle's TensorRT engines for this GPU and TensorRT version)
         or "torch" (the PyTorch reference, rebuilt from ``checkpoint`` and the vision /
         detector weights the bundle was exported from). ``options`` go to the constructor
-        (batch_size, on_bad_image, max_length, and splitter, which defaults to the one the
-        bundle names: how the model's training text was split).
+        (batch_size, on_bad_image, max_length, chunk_pieces, and splitter, which defaults to
+        the one the bundle names: how the model's training text was split).
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -555,13 +561,11 @@ class Pipeline:
                     object_ids: np.ndarray | None) -> Generator[None, None, None]:  # fmt: skip
         rows = [(i, j) for i, item in enumerate(items) for j in range(len(item.encoded))]  # (item, window)
         rows.sort(key=lambda row: items[row[0]].lengths[row[1]])  # similar lengths share a batch
-        step = min(self.batch_size, self.tagger.axis_bounds("batch")[1])
         min_sequence = self.tagger.axis_bounds("sequence")[0]
         window_tags: dict[tuple[int, int], tuple[list[str], np.ndarray]] = {}
-        for start in range(0, len(rows), step):
-            if start:
+        for k, chunk in enumerate(self._chunks(rows, [items[i].lengths[j] for i, j in rows], min_sequence)):
+            if k:
                 yield  # between chunks of windows
-            chunk = rows[start : start + step]
             with self._step("encode"):
                 self._encode_windows(items, [(i, j) for i, j in chunk if items[i].encoded[j] is None])
             batch = self.encoder.batch([items[i].encoded[j] for i, j in chunk])
@@ -602,6 +606,19 @@ class Pipeline:
             result.entities = entities_from_words(item.text, item.words, word_tags, word_scores)
             if item.image_row is not None:
                 result.objects = [class_name(int(c)) for c in object_ids[item.image_row] if c != 0]
+
+    def _chunks(self, rows: list, lengths: list[int], min_sequence: int) -> list[list]:
+        """Consecutive rows (sorted by length) in chunks of at most batch_size (and the runner's most)
+        and, with chunk_pieces, at most that many padded pieces."""
+        most = min(self.batch_size, self.tagger.axis_bounds("batch")[1])
+        chunks: list[list] = [[]]
+        for row, length in zip(rows, lengths):
+            chunk = chunks[-1]
+            padded = (len(chunk) + 1) * max(length, min_sequence)  # the longest so far is this one
+            if chunk and (len(chunk) == most or (self.chunk_pieces is not None and padded > self.chunk_pieces)):
+                chunks.append(chunk := [])
+            chunk.append(row)
+        return chunks if chunks[0] else []
 
     def _encode_windows(self, items: list[_Item], rows: list[tuple[int, int]]) -> None:
         """Encode these (item, window) rows of long posts."""

@@ -83,3 +83,16 @@ def test_text_cost_counts_pieces_and_windows_as_tagging_does():
         assert cost.pieces == int(np.maximum(counts, 1).sum()) >= len(words), text
     assert pipeline.text_cost("   \t") == TextCost(0, 0)
     assert pipeline.text_cost("a B") == TextCost(2, 1)  # the fake vocabulary has a piece per character
+
+
+def test_chunk_pieces_bounds_each_tagger_call_and_so_each_step_without_changing_results():
+    (expected,) = fake_pipeline(batch_size=32).tag([LONG])
+    bounded = fake_pipeline(batch_size=32, chunk_pieces=130)  # two windows of 64 pieces a call
+    steps, (result,) = take_steps(bounded.tag_steps([LONG]))
+    assert steps == -(-expected.windows // 2) and same(result, expected)
+    assert bounded.tagger.calls == steps
+    short = fake_pipeline(batch_size=32, chunk_pieces=1)  # one window a call, never none
+    assert take_steps(short.tag_steps(SHORT))[0] == len(SHORT)
+    for bad in (0, -5, 2.5):
+        with pytest.raises(ValueError, match="chunk_pieces must be a positive int or None"):
+            fake_pipeline(chunk_pieces=bad)
