@@ -96,7 +96,7 @@ def tag_command(bundle, input_path, conll_path, output, images, backend, device,
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind; 0.0.0.0 exposes the service.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--max-batch", type=click.IntRange(min=1), default=ServeConfig.max_batch, show_default=True,
-              help="Posts, and tagger windows, per dynamic batch and per step of the worker.")
+              help="Posts per dynamic batch.")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=ServeConfig.max_wait_ms, show_default=True,
               help="How long a batch waits for more requests after its first.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=ServeConfig.max_queue, show_default=True,
@@ -115,11 +115,14 @@ def tag_command(bundle, input_path, conll_path, output, images, backend, device,
               show_default=True, help="Decoded pixels of all the pictures of one request; more: 422 over budget.")
 @click.option("--max-batch-pixels", type=click.IntRange(min=1), default=ServeConfig.max_batch_pixels, show_default=True,
               help="Pictures decoded in one step of the worker (a larger picture is a step alone).")
+@click.option("--max-step-pieces", type=click.IntRange(min=1), default=ServeConfig.max_step_pieces, show_default=True,
+              help="Word-pieces per step of the worker (one tagger call): what a short request may wait for behind "
+                   "a long one.")
 @click.option("--on-bad-image", type=click.Choice(BAD_IMAGE_POLICIES), default="error", show_default=True,
               help="A picture that cannot be decoded: a 422 (an error result in a batch), or tag the text alone.")
 def serve_command(bundle, backend, device, precision, host, port, max_batch, max_wait_ms, max_queue, timeout_s,
                   max_body_bytes, max_text_chars, max_posts, max_post_pieces, max_request_pieces, max_request_pixels,
-                  max_batch_pixels, on_bad_image) -> None:  # fmt: skip
+                  max_batch_pixels, max_step_pieces, on_bad_image) -> None:  # fmt: skip
     """Serve an exported bundle over HTTP: POST /v1/tag and /v1/tag/batch, /healthz, /readyz, /metrics, /docs."""
     from mner.runtime.serve import serve  # noqa: PLC0415 -- mner-tag need not import the web stack
 
@@ -128,9 +131,11 @@ def serve_command(bundle, backend, device, precision, host, port, max_batch, max
         config = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout_s,
                              max_body_bytes=max_body_bytes, max_text_chars=max_text_chars, max_posts=max_posts,
                              max_post_pieces=max_post_pieces, max_request_pieces=max_request_pieces,
-                             max_request_pixels=max_request_pixels, max_batch_pixels=max_batch_pixels)  # fmt: skip
+                             max_request_pixels=max_request_pixels, max_batch_pixels=max_batch_pixels,
+                             max_step_pieces=max_step_pieces)  # fmt: skip
         pipeline = Pipeline.from_bundle(bundle, backend=backend, device=device, precision=precision,
-                                        batch_size=max_batch, on_bad_image=on_bad_image)  # fmt: skip
+                                        batch_size=max_batch, chunk_pieces=max_step_pieces,
+                                        on_bad_image=on_bad_image)  # fmt: skip
     except (ValueError, RuntimeError) as error:
         raise click.ClickException(str(error)) from error
     with pipeline:

@@ -2,18 +2,21 @@
 
 ``Pipeline`` keeps state between calls (a lazily made thread pool, runner sessions), so
 it is used from one thread only. Requests hand their posts, with their costs
-(``serve_budget``: tagger windows, picture pixels), to ``Batcher.submit`` on the event
+(``serve_budget``: word-pieces, windows, pixels), to ``Batcher.submit`` on the event
 loop. The worker forms batches from the waiting requests and tags each batch in steps
-(``Pipeline.tag_steps``: a step is a batch's pictures and first chunk of windows, or one
-more chunk of at most ``max_batch`` windows), taking the steps of all running batches in
-turn. So a large request never holds the worker for its whole length:
+(``Pipeline.tag_steps``: a step is a batch's pictures and first tagger call, or one more
+tagger call, of at most ``max_step_pieces`` word-pieces: the pipeline is made with
+``chunk_pieces=max_step_pieces``), taking the steps of all running batches in turn. So a
+large request never holds the worker for its whole length:
 
-- a batch holds at most ``max_batch`` posts, ``max_batch`` tagger windows and
+- a batch holds at most ``max_batch`` posts, ``max_step_pieces`` word-pieces and
   ``max_batch_pixels`` decoded pixels (a post larger than that is a batch of its own, and
   a long post's windows are steps of their own): a request of many posts is cut into
   several batches, one running at a time;
 - posts are taken from the waiting requests in turn, one each per round, the requests
-  served least recently first, so a short request's posts join the next batch;
+  served least recently first (a request whose batch was just tagged goes behind those
+  that arrived meanwhile), so a short request's posts start the next batch, and posts that
+  would overflow it wait for a later one;
 - a new batch is stepped ahead of the running ones, but then the running ones get the
   next step before another new batch goes ahead (a stream of short requests cannot
   starve a long one). A short request arriving while the largest legal request is being
@@ -57,7 +60,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class ServeConfig:
     """Batching and limits. Each default says why."""
 
-    max_batch: int = 32  # posts, and tagger windows, per batch step: past ~32 the CPU tagger gains little per post
+    max_batch: int = 32  # posts per batch: past ~32 the CPU tagger gains little per post
     max_wait_ms: float = 5.0  # what a lone request pays to give others a chance to join its batch
     max_queue: int = 1024  # posts waiting; at ~1 ms a post on CPU, ~1 s of work before 503
     timeout_s: float = 30.0  # a request waiting longer gets 504 (its posts are skipped if not started)
@@ -73,10 +76,14 @@ class ServeConfig:
     max_request_pieces: int = 16_384
     max_request_pixels: int = 50_000_000  # four 12-MP phone photos, or 48 pictures of 1 MP: ~1-2 s of decoding on a core
     max_batch_pixels: int = 4_000_000  # pictures decoded in one step (~0.1-0.2 s on a core); a larger one is a step alone
+    # Word-pieces per step of the worker (one tagger call; a batch of short posts is one step): 32 tweets, or 16
+    # windows of 64 / 8 of 128. What a short request waits for behind a long one: ~0.1 s for the tiny test
+    # tagger on a loaded 2-core machine; lower it for a large tagger on a CPU (throughput barely changes).
+    max_step_pieces: int = 1024
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_queue", "max_body_bytes", "max_text_chars", "max_posts", "max_post_pieces",
-                     "max_request_pieces", "max_request_pixels", "max_batch_pixels"):  # fmt: skip
+                     "max_request_pieces", "max_request_pixels", "max_batch_pixels", "max_step_pieces"):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -164,6 +171,7 @@ class Batcher:
         self.metrics = metrics
         self.max_batch = config.max_batch  # the limits come checked by ServeConfig
         self.max_batch_pixels = config.max_batch_pixels
+        self.max_step_pieces = config.max_step_pieces
         self.max_wait = config.max_wait_ms / 1000
         self.max_queue = config.max_queue
         self.warmup_posts = list(warmup_posts)
@@ -223,14 +231,17 @@ class Batcher:
             self.failed = f"warm-up failed: {error}"
             logger.exception("warm-up failed")
         waiting: deque[_Job] = deque()  # requests with posts to batch and none running: served least recently first
+        rejoining: list[_Job] = []  # requests whose batch was just tagged, with posts left: behind new arrivals
         running: deque[_Batch] = deque()  # batches with steps left, in turn
         owed = False  # a new batch was stepped ahead of running ones: they get the next step
         stopping = False
         while True:
-            idle = not waiting and not running
+            idle = not waiting and not running and not rejoining
             if idle and stopping:
                 break
             stopping = self._take_jobs(waiting, block=idle) or stopping  # close(): finish what came before it
+            waiting.extend(rejoining)
+            rejoining.clear()
             self._drop_abandoned(waiting)
             if waiting and not (owed and running):
                 running.appendleft(self._form(waiting))
@@ -238,7 +249,7 @@ class Batcher:
                 continue
             batch = running.popleft()
             owed = batch.steps is None and bool(running)
-            if not self._step(batch, waiting):
+            if not self._step(batch, rejoining):
                 running.append(batch)
 
     def _take_jobs(self, waiting: deque[_Job], *, block: bool) -> bool:
@@ -286,21 +297,22 @@ class Batcher:
 
     def _form(self, waiting: deque[_Job]) -> _Batch:
         """A batch of posts from the waiting requests, in turn (one post each per round, from the front),
-        up to max_batch posts, max_batch windows and max_batch_pixels; a post that does not fit is left
+        up to max_batch posts, max_step_pieces word-pieces and max_batch_pixels; a post that does not fit is left
         for a later batch (its request keeps its place), unless the batch is empty. The requests that
         gave posts leave ``waiting`` until this batch is tagged."""
         parts: dict[_Job, _Part] = {}
         open_jobs = list(waiting)
-        posts = windows = pixels = 0
+        posts = pieces = pixels = 0
         while open_jobs and posts < self.max_batch:
             for job in list(open_jobs):
                 cost = job.costs[job.taken]
-                if posts and (windows + cost.windows > self.max_batch or pixels + cost.pixels > self.max_batch_pixels):
+                tagged = cost.pieces + 2 * cost.windows  # [CLS] and [SEP] per window
+                if posts and (pieces + tagged > self.max_step_pieces or pixels + cost.pixels > self.max_batch_pixels):
                     open_jobs.remove(job)
                     continue
                 part = parts.setdefault(job, _Part(job, job.taken, job.taken))
                 part.end = job.taken = job.taken + 1
-                posts, windows, pixels = posts + 1, windows + cost.windows, pixels + cost.pixels
+                posts, pieces, pixels = posts + 1, pieces + tagged, pixels + cost.pixels
                 if not job.left:
                     open_jobs.remove(job)
                 if posts == self.max_batch:
@@ -313,12 +325,13 @@ class Batcher:
         self.metrics.batch_size.observe(posts)
         return _Batch(list(parts.values()))
 
-    def _step(self, batch: _Batch, waiting: deque[_Job]) -> bool:
-        """Take one step of ``batch``; True when it is done (its requests updated, answered when complete)."""
+    def _step(self, batch: _Batch, rejoining: list[_Job]) -> bool:
+        """Take one step of ``batch``; True when it is done (its requests answered when complete, or in
+        ``rejoining`` with posts left)."""
         if all(part.job.abandoned.is_set() for part in batch.parts):
             if batch.steps is not None:
                 batch.steps.close()
-            self._finish(batch, [], waiting)
+            self._finish(batch, [], rejoining)
             return True
         started = time.perf_counter()
         try:
@@ -334,10 +347,10 @@ class Batcher:
             return False
         batch.seconds += time.perf_counter() - started
         self.metrics.batch_seconds.observe(batch.seconds)
-        self._finish(batch, outcome, waiting)
+        self._finish(batch, outcome, rejoining)
         return True
 
-    def _finish(self, batch: _Batch, outcome: list[TagResult] | BaseException, waiting: deque[_Job]) -> None:
+    def _finish(self, batch: _Batch, outcome: list[TagResult] | BaseException, rejoining: list[_Job]) -> None:
         live = [part for part in batch.parts if not part.job.abandoned.is_set()]
         if isinstance(outcome, BaseException) and live:
             # Tag each request's part alone: only one that fails alone too gets the exception (its 500).
@@ -365,7 +378,7 @@ class Batcher:
             if len(job.results) == len(job.posts):
                 job.loop.call_soon_threadsafe(_resolve, job.future, job.results)
             else:
-                waiting.append(job)  # behind the requests waiting now: they were served less recently
+                rejoining.append(job)
         for part in batch.parts:
             if part.job.abandoned.is_set():
                 self._release(part.job)

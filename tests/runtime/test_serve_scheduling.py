@@ -16,8 +16,8 @@ from mner.runtime.serve_budget import PostCost
 
 
 class SteppedPipeline:
-    """A post "label n" takes n steps; each step waits for a permit (when gated) and logs the label of
-    the batch's first post. A post's result carries its text."""
+    """A post "label n" takes n steps; each step logs the label of the batch's first post, then (when
+    gated) waits for a permit: the log's length is the steps started. A post's result carries its text."""
 
     def __init__(self, gated: bool = False) -> None:
         self.gate = threading.Semaphore(0) if gated else None
@@ -36,9 +36,9 @@ class SteppedPipeline:
         for k in range(sum(int(text.split()[1]) for text in texts)):
             if k:
                 yield
+            self.log.append(texts[0].split()[0])
             if self.gate is not None:
                 assert self.gate.acquire(timeout=30), "the test never released this step"
-            self.log.append(texts[0].split()[0])
         return [TagResult(tags=[text]) for text in texts]
 
 
@@ -65,7 +65,7 @@ def test_a_short_request_is_answered_after_at_most_one_more_step_of_a_large_one(
         large = [Post("large 3") for _ in range(8)]
         large_future, _ = batcher.submit(large, [PostCost(pieces=700, windows=12)] * 8)
         pipeline.gate.release(3)
-        await until(lambda: len(pipeline.log) == 3)
+        await until(lambda: len(pipeline.log) == 4)  # its fourth step started
         short_future, _ = batcher.submit([Post("short 1")])
         pipeline.gate.release(2)  # the large request's step in progress, and the short one's
         short = await asyncio.wait_for(short_future, 10)
@@ -77,7 +77,7 @@ def test_a_short_request_is_answered_after_at_most_one_more_step_of_a_large_one(
         asyncio.run(scenario())
     finally:
         batcher.close(timeout=10)
-    assert pipeline.log.index("short") in (3, 4)  # the step in progress when it came, at most
+    assert pipeline.log.index("short") == 4  # right after the step in progress when it came
     assert pipeline.log.count("large") == 24 and pipeline.batches[0] == ["large 3"]
 
 
@@ -108,21 +108,40 @@ def test_a_request_is_cut_into_bounded_batches_taken_in_turn_and_answered_once_i
     assert batcher.depth == 0
 
 
-def test_batches_are_bounded_in_windows_and_pixels_and_a_larger_post_is_a_batch_of_its_own():
+def test_batches_are_bounded_in_posts_pieces_and_pixels_and_a_larger_post_is_a_batch_of_its_own():
     pipeline = SteppedPipeline()
-    batcher = started(pipeline, max_batch=4, max_batch_pixels=10)
+    batcher = started(pipeline, max_batch=3, max_step_pieces=20, max_batch_pixels=10)
 
     async def scenario():
-        wide = batcher.submit([Post(f"w{i} 1") for i in range(3)], [PostCost(windows=3)] * 3)[0]
-        await wide
-        pictures = batcher.submit([Post(f"p{i} 1") for i in range(5)], [PostCost(pixels=4)] * 4 + [PostCost(pixels=50)])[0]
-        await pictures
+        await batcher.submit([Post(f"t{i} 1") for i in range(4)])[0]  # no costs given: posts only
+        await batcher.submit([Post(f"w{i} 1") for i in range(4)], [PostCost(pieces=6, windows=1)] * 4)[0]  # 8 each
+        await batcher.submit([Post("l0 1"), Post("l1 1")], [PostCost(pieces=60, windows=2), PostCost(pieces=5)])[0]
+        await batcher.submit([Post(f"p{i} 1") for i in range(5)], [PostCost(pixels=4)] * 4 + [PostCost(pixels=50)])[0]
 
     try:
         asyncio.run(scenario())
     finally:
         batcher.close(timeout=10)
-    assert pipeline.batches == [["w0 1"], ["w1 1"], ["w2 1"], ["p0 1", "p1 1"], ["p2 1", "p3 1"], ["p4 1"]]
+    assert pipeline.batches == [["t0 1", "t1 1", "t2 1"], ["t3 1"], ["w0 1", "w1 1"], ["w2 1", "w3 1"], ["l0 1"], ["l1 1"],
+                                ["p0 1", "p1 1"], ["p2 1", "p3 1"], ["p4 1"]]  # fmt: skip
+
+
+def test_a_short_request_starts_the_next_batch_rather_than_joining_a_large_requests_next_post():
+    pipeline = SteppedPipeline(gated=True)
+    batcher = started(pipeline, max_batch=8, max_batch_pixels=10)
+
+    async def scenario():
+        large, _ = batcher.submit([Post(f"large{i} 1") for i in range(4)], [PostCost(pixels=12)] * 4)  # each over the cap
+        await until(lambda: len(pipeline.log) == 1)  # its first batch's step started
+        short, _ = batcher.submit([Post("short 1")])
+        pipeline.gate.release(1000)
+        await asyncio.gather(large, short)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        batcher.close(timeout=10)
+    assert pipeline.batches[:3] == [["large0 1"], ["short 1"], ["large1 1"]]
 
 
 def test_a_stream_of_short_requests_cannot_starve_a_long_one():
@@ -132,7 +151,7 @@ def test_a_stream_of_short_requests_cannot_starve_a_long_one():
     async def scenario():
         long_future, _ = batcher.submit([Post("long 12")])
         pipeline.gate.release(1)
-        await until(lambda: len(pipeline.log) == 1)
+        await until(lambda: len(pipeline.log) == 2)
         shorts = [batcher.submit([Post("short 1")])[0] for _ in range(6)]
         pipeline.gate.release(1000)
         await asyncio.gather(long_future, *shorts)
@@ -153,7 +172,7 @@ def test_a_request_that_timed_out_is_not_tagged_and_leaves_the_queue():
     async def scenario():
         first, _ = batcher.submit([Post("first 2")])
         pipeline.gate.release(1)
-        await until(lambda: len(pipeline.log) == 1)
+        await until(lambda: len(pipeline.log) == 2)
         gone, abandoned = batcher.submit([Post("gone 1"), Post("gone 1"), Post("gone 1")])
         abandoned.set()  # what a 504 does
         assert batcher.depth == 3
