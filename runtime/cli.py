@@ -12,6 +12,7 @@ from mner.runtime.conll import format_report
 from mner.runtime.pipeline import BAD_IMAGE_POLICIES, DEFAULT_BATCH_SIZE, Pipeline
 from mner.runtime.runners import BACKENDS
 from mner.runtime.serve_batcher import ServeConfig
+from mner.runtime.serve_limits import HttpLimits
 from mner.runtime.tagfile import tag_conll, tag_jsonl
 
 _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -120,9 +121,21 @@ def tag_command(bundle, input_path, conll_path, output, images, backend, device,
                    "a long one.")
 @click.option("--on-bad-image", type=click.Choice(BAD_IMAGE_POLICIES), default="error", show_default=True,
               help="A picture that cannot be decoded: a 422 (an error result in a batch), or tag the text alone.")
+@click.option("--header-timeout-s", type=click.FloatRange(min=0, min_open=True), default=HttpLimits.header_timeout_s,
+              show_default=True, help="Request line and headers must arrive within this; else 408 and the connection closes.")
+@click.option("--body-timeout-s", type=click.FloatRange(min=0, min_open=True), default=HttpLimits.body_timeout_s,
+              show_default=True, help="The whole body must arrive within this of its headers; else 408.")
+@click.option("--keep-alive-s", type=click.FloatRange(min=0, min_open=True), default=HttpLimits.keep_alive_s,
+              show_default=True, help="An idle keep-alive connection is closed after this (keep it above a load balancer's).")
+@click.option("--max-connections", type=click.IntRange(min=1), default=HttpLimits.max_connections, show_default=True,
+              help="Open connections; a connection past it is answered 503 and closed.")
+@click.option("--drain-s", type=click.FloatRange(min=0), default=HttpLimits.drain_s, show_default=True,
+              help="After SIGTERM, keep answering this long (/readyz 503, Connection: close) before stopping; "
+                   "a second signal stops at once.")
 def serve_command(bundle, backend, device, precision, host, port, max_batch, max_wait_ms, max_queue, timeout_s,
                   max_body_bytes, max_text_chars, max_posts, max_post_pieces, max_request_pieces, max_request_pixels,
-                  max_batch_pixels, max_step_pieces, on_bad_image) -> None:  # fmt: skip
+                  max_batch_pixels, max_step_pieces, on_bad_image, header_timeout_s, body_timeout_s, keep_alive_s,
+                  max_connections, drain_s) -> None:  # fmt: skip
     """Serve an exported bundle over HTTP: POST /v1/tag and /v1/tag/batch, /healthz, /readyz, /metrics, /docs."""
     from mner.runtime.serve import serve  # noqa: PLC0415 -- mner-tag need not import the web stack
 
@@ -133,13 +146,15 @@ def serve_command(bundle, backend, device, precision, host, port, max_batch, max
                              max_post_pieces=max_post_pieces, max_request_pieces=max_request_pieces,
                              max_request_pixels=max_request_pixels, max_batch_pixels=max_batch_pixels,
                              max_step_pieces=max_step_pieces)  # fmt: skip
+        limits = HttpLimits(header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s, keep_alive_s=keep_alive_s,
+                            max_connections=max_connections, drain_s=drain_s)  # fmt: skip
         pipeline = Pipeline.from_bundle(bundle, backend=backend, device=device, precision=precision,
                                         batch_size=max_batch, chunk_pieces=max_step_pieces,
                                         on_bad_image=on_bad_image)  # fmt: skip
     except (ValueError, RuntimeError) as error:
         raise click.ClickException(str(error)) from error
     with pipeline:
-        serve(pipeline, config, host=host, port=port)
+        serve(pipeline, config, limits, host=host, port=port)
 
 
 if __name__ == "__main__":

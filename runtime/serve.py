@@ -22,28 +22,52 @@ then tags whatever was submitted before it stops, so no accepted request goes un
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import logging
 import time
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Any
+
+import h11
+import uvicorn
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from mner.runtime import jsonlimits
 from mner.runtime.image import ImageError, read_header
 from mner.runtime.pipeline import TAGGING_FAILED, Pipeline, Post, TagResult
 from mner.runtime.serve_batcher import Batcher, Metrics, QueueFull, ServeConfig  # noqa: F401 -- ServeConfig is part of this API
 from mner.runtime.serve_budget import OverBudget, post_costs
+from mner.runtime.serve_limits import HttpLimits  # noqa: F401 -- part of this API, as ServeConfig
 from mner.runtime.tagfile import decode_base64, result_record
 from mner.runtime.textcheck import text_problem
 
 logger = logging.getLogger(__name__)
 
 WARMUP_TEXT = "Warm up the tagger in Paris"
+
+
+class Drain:
+    """Whether the server is draining: set by serve()'s SIGTERM handler, read by the app for every response."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # time.monotonic() at the signal
+
+    @property
+    def active(self) -> bool:
+        return self.since is not None
+
+    def start(self) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
 
 
 class ApiError(Exception):
@@ -78,8 +102,9 @@ _BATCH_BODY = {"requestBody": {"required": True, "content": {"application/json":
     "type": "object", "required": ["posts"], "properties": {"posts": {"type": "array", "items": _POST_SCHEMA}}}}}}}  # fmt: skip
 
 
-def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig()) -> FastAPI:
-    """The ASGI app serving ``pipeline``; its lifespan starts the batcher (warm-up included) and drains it."""
+def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig(), limits: HttpLimits = HttpLimits()) -> FastAPI:
+    """The ASGI app serving ``pipeline``; its lifespan starts the batcher (warm-up included) and drains it.
+    ``app.state.drain`` is the switch serve() turns on at SIGTERM."""
     metrics = Metrics()
     warmup = [Post(WARMUP_TEXT)]
     if pipeline.has_images:
@@ -96,24 +121,44 @@ def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig()) -> FastA
 
     app = FastAPI(title="mner-serve", version="1", lifespan=lifespan,
                   description="Multimodal named-entity recognition for posts: text and an optional picture.")  # fmt: skip
+    drain = Drain()
     app.state.batcher, app.state.metrics, app.state.config, app.state.counts = batcher, metrics, config, counts
+    app.state.limits, app.state.drain = limits, drain
 
-    app.add_middleware(_Accounting, metrics=metrics, counts=counts)
+    app.add_middleware(_Accounting, metrics=metrics, counts=counts, drain=drain)
 
     @app.exception_handler(ApiError)
     async def refuse(request: Request, error: ApiError) -> JSONResponse:
         return _error_response(error)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        """FastAPI's own refusals (no such path: 404; a method the path lacks: 405) in the service's error shape."""
+        if error.status_code == 404:
+            message = f"nothing at {request.url.path}; the endpoints are POST /v1/tag, POST /v1/tag/batch, GET /healthz, " \
+                      "/readyz, /metrics, /docs"  # fmt: skip
+        elif error.status_code == 405:
+            allowed = (error.headers or {}).get("Allow", "")
+            message = f"{request.method} is not allowed on {request.url.path} (allowed: {allowed})"
+        else:
+            message = str(error.detail)
+        kind = HTTPStatus(error.status_code).phrase.lower() if error.status_code in HTTPStatus._value2member_map_ else "http"
+        return _error_response(ApiError(error.status_code, kind, message, headers=error.headers))
+
     @app.get("/healthz", summary="The process is alive")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="The bundle is loaded and warmed up")
+    @app.get("/readyz", summary="The bundle is loaded and warmed up, and the server is not draining")
     async def readyz() -> JSONResponse:
-        if batcher.ready.is_set():
+        if drain.active:  # a load balancer stops sending here; requests that still come are answered
+            status, message = "draining", "shutting down: finishing the requests accepted, then exiting"
+        elif batcher.ready.is_set():
             return JSONResponse({"status": "ready"})
-        reason = batcher.failed or "warming up"
-        return JSONResponse({"status": "not ready", "reason": reason}, status_code=503, headers={"Retry-After": "1"})
+        else:
+            status, message = "not ready", batcher.failed or "warming up"
+        return JSONResponse({"status": status, "error": {"kind": status, "message": message}}, status_code=503,
+                            headers={"Retry-After": "1", "x-error-kind": status})  # fmt: skip
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus() -> Response:
@@ -123,24 +168,43 @@ def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig()) -> FastA
     async def tag_one(request: Request) -> JSONResponse:
         post = await _read_post(request, config, pipeline.max_pixels)
         (result,) = await _tag(batcher, config, pipeline, [post], ["the post"])
-        if not result.ok:
-            if result.error.startswith(TAGGING_FAILED):  # the pipeline raised on this post: not known to be its fault
-                raise ApiError(500, "internal", result.error)
-            raise ApiError(422, "bad image" if result.error.startswith("image:") else "invalid request", result.error)
+        error = _result_error(result)
+        if error is not None:
+            raise error
         return JSONResponse(result_record(result, with_tags=False))
 
     @app.post("/v1/tag/batch", summary=f"Tag up to --max-posts posts ({config.max_posts} here)", openapi_extra=_BATCH_BODY)
     async def tag_batch(request: Request) -> JSONResponse:
-        value = _json_body(await _read_body(request, config, json_only=True))
+        value = await _json_body(await _read_body(request, config, json_only=True), posts=config.max_posts, config=config)
         posts = value.get("posts") if isinstance(value, dict) else None
         if not isinstance(posts, list) or not posts:
             raise ApiError(422, "invalid request", 'expected {"posts": [{"text", "image_base64"?}, ...]} with at least one post')
         if len(posts) > config.max_posts:
             raise ApiError(422, "too many posts", f"{len(posts)} posts in one call, over the limit of {config.max_posts}",
                            limit="max_posts", value=config.max_posts)  # fmt: skip
-        parsed = [_post_from_json(post, config, pipeline.max_pixels, where=f"posts[{i}]") for i, post in enumerate(posts)]
-        results = await _tag(batcher, config, pipeline, parsed, [f"posts[{i}]" for i in range(len(parsed))])
-        return JSONResponse({"results": [result_record(result, with_tags=False) for result in results]})
+        # A post that cannot be read is that post's error, in its place; the others are tagged (as mner-tag does).
+        checked: list[Post | ApiError] = []
+        for i, post in enumerate(posts):
+            try:
+                checked.append(_post_from_json(post, config, pipeline.max_pixels, where=f"posts[{i}]"))
+            except ApiError as error:
+                checked.append(error)
+        good = [(i, post) for i, post in enumerate(checked) if isinstance(post, Post)]
+        results = iter(await _tag(batcher, config, pipeline, [post for _, post in good], [f"posts[{i}]" for i, _ in good])
+                       if good else ())  # fmt: skip
+        records = []
+        for post in checked:
+            if isinstance(post, ApiError):
+                error = post
+            else:
+                result = next(results)
+                error = _result_error(result)
+                if error is None:
+                    records.append(result_record(result, with_tags=False))
+                    continue
+            metrics.errors.labels(error.kind).inc()  # counted as a refused request is, by kind
+            records.append(error.body())
+        return JSONResponse({"results": records})
 
     return app
 
@@ -151,10 +215,15 @@ _ENDPOINTS = frozenset({"/v1/tag", "/v1/tag/batch", "/healthz", "/readyz", "/met
 class _Accounting:
     """ASGI middleware: requests by endpoint and status, errors by kind (the x-error-kind header), latency,
     and the accepted/answered counts of tagging requests logged at shutdown. Plain ASGI rather than
-    ``@app.middleware("http")``, whose per-request task costs throughput."""
+    ``@app.middleware("http")``, whose per-request task costs throughput.
 
-    def __init__(self, app, *, metrics: Metrics, counts: dict[str, int]) -> None:
-        self.app, self.metrics, self.counts = app, metrics, counts
+    It also closes what the app leaves open. An exception escaping a handler becomes a JSON 500 here: Starlette's
+    own 500 handler re-raises to uvicorn, which then closes the connection under a keep-alive client. And while
+    draining, every response says ``Connection: close`` (h11 then closes after it), so a keep-alive client opens its
+    next connection elsewhere instead of finding this one reset."""
+
+    def __init__(self, app, *, metrics: Metrics, counts: dict[str, int], drain: Drain) -> None:
+        self.app, self.metrics, self.counts, self.drain = app, metrics, counts, drain
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -166,22 +235,43 @@ class _Accounting:
         self.counts["accepted"] += tagging
         started = time.perf_counter()
         status, kind = 500, "internal"  # what an exception escaping the app becomes
+        started_response = False
 
         async def account(message) -> None:
-            nonlocal status, kind
+            nonlocal status, kind, started_response
             if message["type"] == "http.response.start":
+                started_response = True
                 status = message["status"]
-                kind = dict(message.get("headers", ())).get(b"x-error-kind", b"http").decode("latin-1")
+                headers = list(message.get("headers", ()))
+                kind = dict(headers).get(b"x-error-kind", b"http").decode("latin-1")
+                if self.drain.active and (b"connection", b"close") not in headers:
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
             await send(message)
 
         try:
             await self.app(scope, receive, account)
+        except Exception:
+            logger.exception("unhandled error answering %s %s", scope["method"], path)
+            if started_response:
+                raise  # half a response is out: closing the connection (uvicorn does) is all that is left
+            error = ApiError(500, "internal", "the server failed on this request (the error is in its log)")
+            await _error_response(error)(scope, receive, account)
         finally:
             self.counts["answered"] += tagging
             if status >= 400:
                 self.metrics.errors.labels(kind).inc()
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+
+def _result_error(result: TagResult) -> ApiError | None:
+    """A post the pipeline could not tag, as the error it is answered with: 500 when its tagging raised (not
+    known to be the post's fault), 422 for its picture or text; None for a tagged post."""
+    if result.ok:
+        return None
+    if result.error.startswith(TAGGING_FAILED):
+        return ApiError(500, "internal", result.error)
+    return ApiError(422, "bad image" if result.error.startswith("image:") else "invalid request", result.error)
 
 
 def _error_response(error: ApiError) -> JSONResponse:
@@ -219,31 +309,62 @@ async def _tag(batcher: Batcher, config: ServeConfig, pipeline: Pipeline, posts:
 
 
 async def _read_body(request: Request, config: ServeConfig, *, json_only: bool = False) -> bytes:
+    """The body, within --max-body-bytes and --body-timeout-s. uvicorn has no body read timeout, so it is here: the
+    whole body must arrive within body_timeout_s of its headers (a client declaring 1,000 bytes and sending 40 is
+    answered 408 then). A refusal before the body's end closes the connection, whose unread rest is not a request."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     allowed = ("application/json",) if json_only else ("application/json", "multipart/form-data")
     if content_type not in allowed:
         raise ApiError(415, "content type", f"expected Content-Type {' or '.join(allowed)}, got {content_type or 'none'!r}")
     declared = request.headers.get("content-length")
     too_large = ApiError(413, "body too large", f"the request body is over the limit of {config.max_body_bytes} bytes",
-                         limit="max_body_bytes", value=config.max_body_bytes)  # fmt: skip
+                         limit="max_body_bytes", value=config.max_body_bytes, headers={"Connection": "close"})  # fmt: skip
     if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
         raise too_large
+    limits: HttpLimits = request.app.state.limits
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.body_timeout_s
     chunks, size = [], 0
-    async for chunk in request.stream():  # chunked bodies declare no length: count as they come
-        size += len(chunk)
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(deadline - loop.time(), 0))
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise ApiError(408, "body timeout", f"the request body did not arrive within {limits.body_timeout_s} s "
+                           f"({size} of {declared or 'an undeclared number of'} bytes did)", limit="body_timeout_s",
+                           value=limits.body_timeout_s, headers={"Connection": "close"}) from None  # fmt: skip
+        except ClientDisconnect:
+            raise ApiError(400, "client disconnected", f"the client went away after {size} bytes of the body") from None
+        size += len(chunk)  # chunked bodies declare no length: count as they come
         if size > config.max_body_bytes:
             raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _json_body(body: bytes) -> Any:
+# Bodies longer than this are parsed in a worker thread: the event loop gets the GIL back between the parser's steps.
+_JSON_INLINE_BYTES = 1 << 16
+
+
+async def _json_body(body: bytes, *, posts: int, config: ServeConfig) -> Any:
+    """The body as JSON, by ``jsonlimits`` (nesting depth, integer digits, finite numbers), or a 400 naming the
+    rule it broke. First, at C speed, an upper bound on its JSON values: each comma and bracket can open one, and
+    ``posts`` posts of at most max_text_chars characters hold at most that many plus a few each. The C parser
+    holds the GIL while it builds values (16 MiB of "[]," took 7 s), so many tiny values are refused unread."""
+    values = body.count(b",") + body.count(b"[") + body.count(b"{")
+    most = posts * (config.max_text_chars + 8) + 8
+    if values > most:
+        raise ApiError(400, "too many JSON values", f"the body holds {values} commas and brackets; {posts} post(s) of at "
+                       f"most {config.max_text_chars} characters hold at most {most}")  # fmt: skip
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        message = error.msg if isinstance(error, json.JSONDecodeError) else "not UTF-8"
-        where = f" (line {error.lineno}, column {error.colno})" if isinstance(error, json.JSONDecodeError) else ""
-        raise ApiError(400, "malformed JSON", f"the body is not valid JSON: {message}{where}") from error
+        if len(body) > _JSON_INLINE_BYTES:
+            return await asyncio.to_thread(jsonlimits.loads, body)
+        return jsonlimits.loads(body)
+    except jsonlimits.JsonLimitError as error:
+        raise ApiError(400, error.kind, f"the body is not valid JSON: {error.message}" if error.kind == jsonlimits.MALFORMED
+                       else f"the body is refused: {error.message}", limit=error.limit, value=error.value) from None  # fmt: skip
 
 
 async def _read_post(request: Request, config: ServeConfig, max_pixels: int) -> Post:
@@ -262,7 +383,7 @@ async def _read_post(request: Request, config: ServeConfig, max_pixels: int) -> 
         if image is not None:
             _check_image(image, max_pixels, "image")
         return Post(text, image)
-    return _post_from_json(_json_body(body), config, max_pixels, where="body")
+    return _post_from_json(await _json_body(body, posts=1, config=config), config, max_pixels, where="body")
 
 
 def _post_from_json(value: Any, config: ServeConfig, max_pixels: int, *, where: str) -> Post:
@@ -426,11 +547,105 @@ def _warmup_picture() -> bytes:
 # --------------------------------------------------------------------------- running
 
 
-def serve(pipeline: Pipeline, config: ServeConfig = ServeConfig(), *, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve until SIGTERM/SIGINT, then drain: every accepted request is answered before this returns."""
-    import uvicorn  # noqa: PLC0415
+class _LimitedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, plus what uvicorn (0.54) lacks and cannot be added from the app, which first hears of
+    a request once its headers are in: a header read timeout, a connection limit answered in the service's error
+    shape (uvicorn's limit_concurrency answers plain text), and JSON for the 400 it sends for malformed HTTP.
+    ``limits`` is set on the subclass serve() makes."""
 
-    app = create_app(pipeline, config)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                           backlog=2048, timeout_keep_alive=30))  # fmt: skip
+    limits: HttpLimits = HttpLimits()
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = None
+        if len(self.connections) > self.limits.max_connections:
+            self.app = functools.partial(_too_many_connections, self.limits)  # its request is refused, then it closes
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE:  # a request has begun but its headers are not all in
+            self._arm_header_timer()
+        elif self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None and not self.transport.is_closing():
+            self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._headers_too_slow)
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        error = ApiError(408, "header timeout", f"the request line and headers did not arrive within "
+                         f"{self.limits.header_timeout_s} s", limit="header_timeout_s", value=self.limits.header_timeout_s)  # fmt: skip
+        self._send_raw(error)
+
+    def send_400_response(self, msg: str) -> None:
+        self._send_raw(ApiError(400, "malformed HTTP", f"not a valid HTTP/1.1 request: {msg}"))
+
+    def _send_raw(self, error: ApiError) -> None:
+        """Answer outside h11's request cycle (none has begun), then close."""
+        body = JSONResponse(error.body()).body
+        head = (f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\nx-error-kind: {error.kind}\r\nconnection: close\r\n\r\n")
+        self.transport.write(head.encode("latin-1") + body)
+        self.transport.close()
+
+
+async def _too_many_connections(limits: HttpLimits, scope, receive, send) -> None:
+    """The ASGI app a connection over --max-connections gets: 503, and the connection is closed after it."""
+    error = ApiError(503, "too many connections", "the server holds its limit of open connections; retry shortly",
+                     limit="max_connections", value=limits.max_connections, headers={"Retry-After": "1", "Connection": "close"})  # fmt: skip
+    await _error_response(error)(scope, receive, send)
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server with a drain a load balancer can see. uvicorn stops listening at SIGTERM and cuts keep-alive
+    connections without saying so; here the first SIGTERM (or SIGINT) only turns ``drain`` on: the server goes on
+    answering -- /readyz 503 "draining", every response Connection: close -- for drain_s, then exits as uvicorn does
+    (stops listening, waits for the requests in flight, then the batcher tags what it was given). A second signal
+    ends the drain period at once."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain, drain_s: float) -> None:
+        super().__init__(config)
+        self.drain, self.drain_s = drain, drain_s
+        self._signal: int | None = None
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if self.drain.active or self.drain_s == 0:
+            self.drain.start()
+            super().handle_exit(sig, frame)  # records the signal, re-raised once stopped, so the exit status tells it
+            return
+        self._signal = sig
+        self.drain.start()
+        logger.warning("signal %d: draining for %.1f s (/readyz 503, Connection: close), then stopping", sig, self.drain_s)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._signal is not None and time.monotonic() - self.drain.since >= self.drain_s:
+            signal, self._signal = self._signal, None
+            super().handle_exit(signal, None)
+        return await super().on_tick(counter)
+
+
+def serve(pipeline: Pipeline, config: ServeConfig = ServeConfig(), limits: HttpLimits = HttpLimits(), *,
+          host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve until SIGTERM/SIGINT, then drain (see _DrainingServer): every accepted request is answered before this
+    returns."""
+    app = create_app(pipeline, config, limits)
+    protocol = type("LimitedH11Protocol", (_LimitedH11Protocol,), {"limits": limits})
+    # Past the drain, uvicorn waits for the requests in flight; each ends by its own timeouts (body, then
+    # --timeout-s), so this bound only cuts off a client that stopped reading its response.
+    grace = limits.body_timeout_s + config.timeout_s + 10
+    server = _DrainingServer(uvicorn.Config(app, host=host, port=port, http=protocol, log_level="warning",
+                                            access_log=False, backlog=2048, timeout_keep_alive=limits.keep_alive_s,
+                                            timeout_graceful_shutdown=grace), app.state.drain, limits.drain_s)  # fmt: skip
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)  # it logs every malformed body a client sends
     server.run()

@@ -1,7 +1,8 @@
 """Odd text on a real exported bundle (test_exported_bundle's tiny one): Pipeline.tag, mner-tag and a real
 mner-serve process on 127.0.0.1. Every class of test_textcheck.TAGGED is tagged with exact offsets; a
-lone surrogate is that post's error (mner-tag: one error record; mner-serve: that request's 422) and the
-posts and requests beside it are tagged as they would be alone."""
+lone surrogate is that post's error (mner-tag: one error record; mner-serve: that request's 422, or in a
+batch call that post's error among the others' results) and the posts and requests beside it are tagged
+as they would be alone."""
 
 from __future__ import annotations
 
@@ -113,20 +114,21 @@ def test_mner_serve_refuses_the_surrogate_request_and_answers_the_requests_besid
         assert bad.status == 422, bad.body
         assert bad.json()["error"]["kind"] == "bad text"
         assert bad.json()["error"]["message"].startswith("body.text has a lone surrogate U+D800 at character 4; ")
-        assert batch.status == 422 and batch.json()["error"]["kind"] == "bad text"  # a batch call is refused whole
-        assert batch.json()["error"]["message"].startswith("posts[1].text has a lone surrogate U+D800 at character 4")
-        good = [replies[0], *replies[2:-1]]
-        assert [reply.status for reply in good] == [200] * len(GOOD)
-        for reply, text in zip(good, GOOD):
+        assert batch.status == 200, batch.body  # the surrogate post is its own error; the other is tagged
+        batch_good, batch_bad = batch.json()["results"]
+        assert batch_bad["error"]["kind"] == "bad text"
+        assert batch_bad["error"]["message"].startswith("posts[1].text has a lone surrogate U+D800 at character 4")
+        good = [reply.json() for reply in [replies[0], *replies[2:-1]]] + [batch_good]
+        assert [reply.status for reply in [replies[0], *replies[2:-1]]] == [200] * len(GOOD)
+        for got, text in zip(good, [*GOOD, GOOD[0]]):
             expected = result_record(pipeline.tag([text])[0], with_tags=False)
-            got = reply.json()
             assert [{k: v for k, v in e.items() if k != "score"} for e in got["entities"]] == \
                    [{k: v for k, v in e.items() if k != "score"} for e in expected["entities"]]  # fmt: skip
             assert got["objects"] == expected["objects"] == []
-        assert any(reply.json()["entities"] for reply in good)
-        # The good requests shared one batch; the refused ones never reached the batcher.
+        assert any(got["entities"] for got in good)
+        # The good posts (the batch call's included) shared one batch; the refused ones never reached the batcher.
         assert after["mner_batch_size_count"] - before["mner_batch_size_count"] == 1
-        assert after["mner_batch_size_sum"] - before["mner_batch_size_sum"] == len(GOOD)
+        assert after["mner_batch_size_sum"] - before["mner_batch_size_sum"] == len(GOOD) + 1
         assert after['mner_errors_total{kind="bad text"}'] == 2
 
         # Every class that tags goes through the server too, its JSON offsets exact.

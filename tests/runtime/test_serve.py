@@ -160,13 +160,17 @@ def test_batch_endpoint_limits(server):
     reply = request(server, "POST", "/v1/tag/batch", too_many)
     assert reply.status == 422 and reply.json()["error"] == {
         "kind": "too many posts", "message": "9 posts in one call, over the limit of 8", "limit": "max_posts", "value": 8}
+    # a bad post is its own error in its place; the others are tagged
     reply = request(server, "POST", "/v1/tag/batch", json.dumps({"posts": [{"text": "a"}, {"text": 3}]}).encode())
-    assert reply.status == 422 and "posts[1].text must be a string" in reply.json()["error"]["message"]
+    assert reply.status == 200 and "entities" in reply.json()["results"][0]
+    assert reply.json()["results"][1]["error"]["message"] == "posts[1].text must be a string, got int"
     reply = request(server, "POST", "/v1/tag/batch", *multipart({"text": b"a"}))
     assert reply.status == 415
     corrupt = {"posts": [{"text": "Obama"}, json.loads(post_body("Paris", _corrupt_jpeg()))]}
     reply = request(server, "POST", "/v1/tag/batch", json.dumps(corrupt).encode())
-    assert reply.status == 422 and reply.json()["error"]["message"].startswith("posts[1].image_base64: corrupt JPEG")
+    assert reply.status == 200 and "entities" in reply.json()["results"][0]
+    assert reply.json()["results"][1]["error"]["kind"] == "bad image"
+    assert reply.json()["results"][1]["error"]["message"].startswith("posts[1].image_base64: corrupt JPEG")
 
 
 def test_queue_overflow_gives_503_with_retry_after(exported):  # noqa: F811

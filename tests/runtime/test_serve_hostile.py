@@ -1,5 +1,8 @@
 """mner-serve under hostile input, as a real server process on 127.0.0.1 (the tiny bundle test_exported_bundle
-exports): multipart bodies built to be slow to parse, answered 400 at once while /healthz stays quick.
+exports): multipart bodies built to be slow to parse are answered 400 at once while /healthz stays quick; JSON
+past its limits is a 400 on a connection that stays open; slow headers, slow bodies and idle keep-alive
+connections are timed out, connections past the limit refused; every status has the {"error": {...}} shape, and
+a batch's bad post is its own error among the others' results. test_serve_drain.py covers SIGTERM.
 
 Every request has a timeout and every loop a bound, so a server that stalls fails a test rather than hanging it.
 """
@@ -7,22 +10,34 @@ Every request has a timeout and every loop a bound, so a server that stalls fail
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
 
 import pytest
+import uvicorn
 from test_exported_bundle import exported  # noqa: F401 -- `exported` is a fixture
+from test_pipeline import fake_pipeline
 
-from mner.benchmarks.loadtest import Connection, free_port, start_server, stop_server
-from mner.runtime.serve import ApiError, _multipart
+from mner.benchmarks.loadtest import HOST, Connection, free_port, post_body, scrape, start_server, stop_server
+from mner.runtime.serve import ApiError, _multipart, create_app
+from mner.runtime.serve_batcher import ServeConfig
+from mner.runtime.serve_limits import HttpLimits
 
 MiB = 1 << 20
 HEALTHZ_BOUND_S = 0.5  # what a test asserts on a shared two-core machine; the robustness report measures < 100 ms
 
 
+# Short timeouts so that each is seen within a test; the body timeout leaves room to send 15 MiB on loopback.
+HEADER_TIMEOUT_S, BODY_TIMEOUT_S, KEEP_ALIVE_S, MAX_CONNECTIONS = 1.0, 3.0, 1.5, 64
+
+
 @pytest.fixture(scope="module")
 def server(exported):  # noqa: F811
     port = free_port()
-    process = start_server(exported.bundle, port)
+    process = start_server(exported.bundle, port, "--header-timeout-s", str(HEADER_TIMEOUT_S), "--body-timeout-s",
+                           str(BODY_TIMEOUT_S), "--keep-alive-s", str(KEEP_ALIVE_S), "--max-connections",
+                           str(MAX_CONNECTIONS), "--max-posts", "8")  # fmt: skip
     yield port
     stop_server(process)
 
@@ -74,6 +89,277 @@ def test_a_multipart_post_is_still_read_by_its_parts(server):
     body = _part("text", "Obama in Paris".encode()) + b"--B--\r\n"
     reply = asyncio.run(Connection(server).request("POST", "/v1/tag", body, "multipart/form-data; boundary=B"))
     assert reply.status == 200 and set(reply.json()) >= {"entities", "objects"}
+
+
+# --------------------------------------------------------------------------- JSON past its limits
+
+
+JSON_REFUSED = {
+    # what: (path, body, error kind). Each was an unhandled 500 in plain text that reset the keep-alive connection.
+    "an integer of 5,000 digits": ("/v1/tag", b'{"text": "a", "n": 1' + b"0" * 4999 + b"}", "integer too long"),
+    "5,000 levels of nesting": ("/v1/tag", b'{"text": ' + b"[" * 5000 + b"]" * 5000 + b"}", "JSON too deep"),
+    "100,000 levels of nesting": ("/v1/tag", b"[" * 100_000 + b"]" * 100_000, "too many JSON values"),
+    "5,000 levels inside a batch": ("/v1/tag/batch", b'{"posts": [{"text": "a"}, ' + b"[" * 5000 + b"]" * 5000 + b"]}",
+                                    "JSON too deep"),
+    "NaN": ("/v1/tag", b'{"text": NaN}', "not a JSON number"),
+    "1e999": ("/v1/tag", b'{"text": "a", "x": 1e999}', "number out of range"),
+    "a million empty arrays (the C parser would hold the GIL for seconds)":
+        ("/v1/tag/batch", b'{"posts": [' + b"[]," * 1_000_000 + b"[]]}", "too many JSON values"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("what", JSON_REFUSED)
+def test_json_past_its_limits_is_a_400_and_the_connection_stays_open(server, what):
+    path, body, kind = JSON_REFUSED[what]
+
+    async def bad_then_good():
+        connection = Connection(server, timeout=20)
+        try:
+            return await connection.request("POST", path, body), await connection.request("GET", "/healthz")
+        finally:
+            await connection.close()
+
+    reply, after = asyncio.run(bad_then_good())
+    assert reply.status == 400, reply.body[:300]
+    assert reply.json()["error"]["kind"] == kind and reply.headers["x-error-kind"] == kind
+    assert reply.headers.get("connection") != "close"
+    assert after.status == 200  # on the same keep-alive connection
+
+
+def test_the_json_values_bound_leaves_room_for_posts_of_commas(server):
+    text = ",[{" * 1300  # 3,900 characters, each a comma or a bracket (and a word-piece: within the budget)
+    reply = asyncio.run(Connection(server).request("POST", "/v1/tag", post_body(text)))
+    assert reply.status == 200, reply.body[:300]
+    batch = json.dumps({"posts": [{"text": text}] * 4}).encode()
+    reply = asyncio.run(Connection(server, timeout=60).request("POST", "/v1/tag/batch", batch))
+    assert reply.status == 200 and len(reply.json()["results"]) == 4, reply.body[:300]
+
+
+# --------------------------------------------------------------------------- one error shape
+
+
+def test_404_and_405_have_the_error_shape(server):
+    reply = asyncio.run(Connection(server).request("GET", "/v2/tag"))
+    assert reply.status == 404 and reply.json()["error"]["kind"] == "not found"
+    assert "/v2/tag" in reply.json()["error"]["message"] and set(reply.json()) == {"error"}
+    for method, path in (("GET", "/v1/tag"), ("DELETE", "/v1/tag/batch"), ("POST", "/healthz")):
+        reply = asyncio.run(Connection(server).request(method, path))
+        assert reply.status == 405, (method, path, reply.body)
+        assert reply.json()["error"]["kind"] == "method not allowed" and method in reply.json()["error"]["message"]
+        assert reply.headers["allow"]
+
+
+def test_a_batch_answers_each_bad_post_in_its_place(server):
+    good = "Obama meets Merkel in Berlin"
+    posts = [{"text": good}, {"text": 3}, {"text": "bad \ud800 text"}, {"text": "   "}, {"text": good, "picture": "x"},
+             {"text": good, "image_base64": "abc$"}, "not an object", {"text": good}]  # fmt: skip
+    before = scrape(server)
+    reply = asyncio.run(Connection(server).request("POST", "/v1/tag/batch", json.dumps({"posts": posts}).encode()))
+    assert reply.status == 200, reply.body[:300]
+    results = reply.json()["results"]
+    alone = asyncio.run(Connection(server).request("POST", "/v1/tag", post_body(good))).json()
+    assert [set(r) for r in results] == [{"entities", "objects"}, {"error"}, {"error"}, {"error"}, {"error"}, {"error"},
+                                         {"error"}, {"entities", "objects"}]  # fmt: skip
+    for got in (results[0], results[7]):
+        assert [{k: v for k, v in e.items() if k != "score"} for e in got["entities"]] == \
+               [{k: v for k, v in e.items() if k != "score"} for e in alone["entities"]]  # fmt: skip
+    kinds = [r["error"]["kind"] for r in results[1:7]]
+    assert kinds == ["invalid request", "bad text", "empty text", "invalid request", "invalid base64", "invalid request"]
+    assert results[1]["error"]["message"] == "posts[1].text must be a string, got int"
+    assert results[2]["error"]["message"].startswith("posts[2].text has a lone surrogate U+D800 at character 4")
+    after = scrape(server)
+    assert after['mner_errors_total{kind="invalid request"}'] - before.get('mner_errors_total{kind="invalid request"}', 0) == 3
+
+    only_bad = asyncio.run(Connection(server).request("POST", "/v1/tag/batch", json.dumps({"posts": [{"text": 1}]}).encode()))
+    assert only_bad.status == 200 and only_bad.json()["results"][0]["error"]["kind"] == "invalid request"
+
+
+@pytest.mark.parametrize("body, status, kind", [
+    (b'{"posts": {"text": "a"}}', 422, "invalid request"),  # not a list
+    (b'{"posts": []}', 422, "invalid request"),
+    (json.dumps({"posts": [{"text": "a"}] * 9}).encode(), 422, "too many posts"),
+    (b'{"posts": [', 400, "malformed JSON"),
+])  # fmt: skip
+def test_a_batch_refused_as_a_whole_stays_4xx(server, body, status, kind):
+    reply = asyncio.run(Connection(server).request("POST", "/v1/tag/batch", body))
+    assert reply.status == status and reply.json()["error"]["kind"] == kind
+
+
+@pytest.fixture()
+def app_port():
+    """create_app over a fake pipeline, with a route that raises, under uvicorn in a thread of this process."""
+    app = create_app(fake_pipeline(), ServeConfig(max_wait_ms=0))
+
+    @app.get("/raise")
+    async def fail() -> None:
+        raise RuntimeError("a bug in a handler")
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host=HOST, port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)  # no signal handlers off the main thread
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start within 30 s"
+    yield port
+    server.should_exit = True
+    thread.join(30)
+
+
+def test_an_unhandled_error_is_a_json_500_on_a_connection_kept_open(app_port):
+    async def fail_then_tag():
+        connection = Connection(app_port)
+        try:
+            return await connection.request("GET", "/raise"), await connection.request("POST", "/v1/tag", post_body("Paris"))
+        finally:
+            await connection.close()
+
+    failed, after = asyncio.run(fail_then_tag())
+    assert failed.status == 500 and failed.headers["content-type"] == "application/json"
+    assert failed.json() == {"error": {"kind": "internal", "message": "the server failed on this request (the error is in its log)"}}
+    assert failed.headers.get("connection") != "close" and after.status == 200
+
+
+# --------------------------------------------------------------------------- connections: timeouts and a limit
+
+
+async def _read_all(reader: asyncio.StreamReader, within: float) -> tuple[bytes, float]:
+    """What the server sends until it closes the connection, and when it closed (seconds from now)."""
+    started = time.perf_counter()
+    data = await asyncio.wait_for(reader.read(), within)
+    return data, time.perf_counter() - started
+
+
+def test_slow_headers_are_timed_out_408_and_closed(server):
+    """200 connections trickle a request line (slowloris): each is closed after the header timeout, where the old
+    server held every one for as long as the client liked. (A client still writing when the server closes may see
+    a reset rather than the 408: its unread bytes make the kernel send RST.)"""
+
+    async def slowloris(count: int = 200):
+        async def one():
+            reader, writer = await asyncio.open_connection(HOST, server)
+            started = time.perf_counter()
+
+            async def trickle():
+                for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200:
+                    writer.write(bytes([byte]))
+                    await asyncio.sleep(0.1)
+
+            dripping = asyncio.ensure_future(trickle())
+            try:
+                data = await asyncio.wait_for(reader.read(), HEADER_TIMEOUT_S + 10)
+            except ConnectionResetError:
+                data = b""
+            finally:
+                dripping.cancel()
+                writer.close()
+            return data, time.perf_counter() - started
+
+        return await asyncio.gather(*(one() for _ in range(count)))
+
+    results = asyncio.run(slowloris())
+    assert max(seconds for _, seconds in results) < HEADER_TIMEOUT_S + 3
+    for data, _ in results:
+        if data:
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert head.startswith((b"HTTP/1.1 408 ", b"HTTP/1.1 503 ")), data[:200]
+            assert json.loads(body)["error"]["kind"] in ("header timeout", "too many connections")
+    assert asyncio.run(Connection(server).request("GET", "/healthz")).status == 200
+
+
+def test_headers_that_stop_coming_get_a_json_408(server):
+    async def half_a_request():
+        reader, writer = await asyncio.open_connection(HOST, server)
+        writer.write(b"POST /v1/tag HTTP/1.1\r\nHost: x\r\n")
+        try:
+            return await _read_all(reader, HEADER_TIMEOUT_S + 10)
+        finally:
+            writer.close()
+
+    data, seconds = asyncio.run(half_a_request())
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ") and b"connection: close" in head
+    assert json.loads(body)["error"] == {"kind": "header timeout", "message": "the request line and headers did not "
+                                         f"arrive within {HEADER_TIMEOUT_S} s", "limit": "header_timeout_s",
+                                         "value": HEADER_TIMEOUT_S}  # fmt: skip
+    assert HEADER_TIMEOUT_S - 0.3 < seconds < HEADER_TIMEOUT_S + 3
+
+
+def test_a_body_that_stops_coming_is_timed_out_408_and_closed(server):
+    async def short_body():
+        reader, writer = await asyncio.open_connection(HOST, server)
+        writer.write(b"POST /v1/tag HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                     + b'{"text": "' + b"a" * 30)  # 40 bytes of the 1,000 declared
+        try:
+            return await _read_all(reader, BODY_TIMEOUT_S + 10)
+        finally:
+            writer.close()
+
+    data, seconds = asyncio.run(short_body())
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ") and b"connection: close" in head.lower()
+    assert json.loads(body)["error"] == {"kind": "body timeout", "message": "the request body did not arrive within "
+                                         f"{BODY_TIMEOUT_S} s (40 of 1000 bytes did)", "limit": "body_timeout_s",
+                                         "value": BODY_TIMEOUT_S}  # fmt: skip
+    assert BODY_TIMEOUT_S - 0.5 < seconds < BODY_TIMEOUT_S + 3
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(server):
+    async def idle():
+        connection = Connection(server)
+        assert (await connection.request("GET", "/healthz")).status == 200
+        try:
+            return await _read_all(connection.reader, KEEP_ALIVE_S + 10)
+        finally:
+            await connection.close()
+
+    data, seconds = asyncio.run(idle())
+    assert data == b"" and KEEP_ALIVE_S - 0.5 < seconds < KEEP_ALIVE_S + 3
+
+
+def test_a_connection_past_the_limit_gets_503_and_is_closed(server):
+    async def crowd():
+        held = [await asyncio.open_connection(HOST, server) for _ in range(MAX_CONNECTIONS + 4)]
+        try:
+            return await Connection(server).request("GET", "/healthz")
+        finally:
+            for _, writer in held:
+                writer.close()
+
+    refused = asyncio.run(crowd())
+    assert refused.status == 503 and refused.headers["connection"] == "close" and refused.headers["retry-after"] == "1"
+    assert refused.json()["error"] == {"kind": "too many connections", "message": refused.json()["error"]["message"],
+                                       "limit": "max_connections", "value": MAX_CONNECTIONS}  # fmt: skip
+    time.sleep(0.2)  # the held connections are gone
+    assert asyncio.run(Connection(server).request("GET", "/healthz")).status == 200
+
+
+def test_malformed_http_is_a_json_400(server):
+    async def garbage():
+        reader, writer = await asyncio.open_connection(HOST, server)
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        try:
+            return await _read_all(reader, 10)
+        finally:
+            writer.close()
+
+    data, _ = asyncio.run(garbage())
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and json.loads(body)["error"]["kind"] == "malformed HTTP"
+
+
+def test_http_limits_refuse_nonsense():
+    with pytest.raises(ValueError, match="header_timeout_s must be > 0"):
+        HttpLimits(header_timeout_s=0)
+    with pytest.raises(ValueError, match="body_timeout_s must be > 0"):
+        HttpLimits(body_timeout_s=-1)
+    with pytest.raises(ValueError, match="keep_alive_s must be > 0"):
+        HttpLimits(keep_alive_s=0)
+    with pytest.raises(ValueError, match="max_connections must be a positive int"):
+        HttpLimits(max_connections=0)
+    with pytest.raises(ValueError, match="drain_s must be >= 0"):
+        HttpLimits(drain_s=-0.5)
 
 
 # --------------------------------------------------------------------------- the multipart reader alone
