@@ -413,11 +413,11 @@ def bad_inputs_file(tmp_path: Path) -> tuple[Path, Path]:
     good_b64 = base64.b64encode((pictures / "good.jpg").read_bytes()).decode()
     lines = [
         json.dumps({"id": "ok-path", "text": "Kawhi Leonard visits Toronto", "image": "good.jpg"}),
-        json.dumps({"id": "ok-base64", "text": "Raptors fans in Paris", "image": good_b64}),
+        json.dumps({"id": "ok-base64", "text": "Raptors fans in Paris", "image_base64": good_b64}),
         json.dumps({"id": "corrupt", "text": "corrupt picture", "image": "corrupt.jpg"}),
         json.dumps({"id": "text-as-jpg", "text": "a text file", "image": "text.jpg"}),
         json.dumps({"id": "bomb", "text": "over the pixel limit", "image": "bomb.png"}),
-        json.dumps({"id": "bad-base64", "text": "invalid base64", "image": "%%%not-base64%%%"}),
+        json.dumps({"id": "bad-base64", "text": "invalid base64", "image_base64": "%%%not-base64%%%"}),
         json.dumps({"id": "empty", "text": ""}),
         json.dumps({"id": "blank", "text": " \t "}),
         "this line is not JSON",
@@ -449,8 +449,10 @@ def test_mner_tag_gives_every_bad_line_its_error_and_tags_the_rest(exported, tmp
         assert "entities" in by_id[tagged] and "error" not in by_id[tagged]
     assert by_id["ok-path"]["objects"] == by_id["ok-base64"]["objects"] != []
     expected = {
-        "corrupt": "image: corrupt JPEG", "text-as-jpg": "image: not an image", "bomb": "over the limit of 40000000",
-        "bad-base64": "not valid base64", "empty": "text is empty", "blank": "whitespace only",
+        "corrupt": "image: 'corrupt.jpg': corrupt JPEG",
+        "text-as-jpg": "image: 'text.jpg' is not a picture (supported: PNG, JPEG, GIF, BMP, WEBP)",  # no bytes quoted
+        "bomb": "over the limit of 40000000", "bad-base64": "image: image_base64: invalid base64",
+        "empty": "text is empty", "blank": "whitespace only",
         "no-text": "missing field 'text'",
     }  # fmt: skip
     for post_id, fragment in expected.items():
