@@ -91,12 +91,22 @@ class TextCost(NamedTuple):
     windows: int  # tagger windows they need (0 for a text without words)
 
 
+class PreparedImage(NamedTuple):
+    """A picture decoded and resized ahead of tagging (``Pipeline.prepare_image``, on another thread
+    than the pipeline's), or why it cannot be used; a ``Post`` may carry it instead of bytes."""
+
+    vision: np.ndarray | None  # (3, 224, 224) float32
+    detector: np.ndarray | None  # (3, S, S) float32
+    error: str | None = None
+
+
 @dataclass(frozen=True)
 class Post:
-    """One post: its text and, optionally, the encoded bytes of its picture (JPEG, PNG, GIF, BMP, WEBP)."""
+    """One post: its text and, optionally, the encoded bytes of its picture (JPEG, PNG, GIF, BMP, WEBP)
+    or that picture already prepared (``Pipeline.prepare_image``)."""
 
     text: str
-    image: bytes | None = None
+    image: bytes | PreparedImage | None = None
 
 
 @dataclass
@@ -166,7 +176,7 @@ class _Item:
 
     text: str
     words: list[Word]
-    image: bytes | None
+    image: bytes | PreparedImage | None
     result: TagResult
     image_row: int | None = None  # row in the batch's image arrays
     windows: list[Window] = field(default_factory=list)
@@ -413,7 +423,7 @@ class Pipeline:
             return _Item("", [], None, TagResult(error=f"a post is a Post, a str or a mapping, got {type(post).__name__}"))
         if not isinstance(post.text, str):
             return _Item("", [], None, TagResult(error=f"text must be a string, got {type(post.text).__name__}"))
-        if post.image is not None and not isinstance(post.image, (bytes, bytearray, memoryview)):
+        if post.image is not None and not isinstance(post.image, (bytes, bytearray, memoryview, PreparedImage)):
             return _Item("", [], None, TagResult(error=f"image must be bytes or None, got {type(post.image).__name__}"))
         problem = text_problem(post.text)  # a text the tokenizer cannot take: this post's error, not its batch's
         if problem is not None:
@@ -426,7 +436,8 @@ class Pipeline:
         if not words:
             what = "empty" if not post.text else "whitespace only"
             return _Item(post.text, [], None, TagResult(error=f"text is {what}: nothing to tag"))
-        return _Item(post.text, words, bytes(post.image) if post.image is not None else None, TagResult(words=words))
+        image = post.image if isinstance(post.image, PreparedImage) or post.image is None else bytes(post.image)
+        return _Item(post.text, words, image, TagResult(words=words))
 
     def _tag_items(self, items: list[_Item]) -> Steps:
         for start in range(0, len(items), self.batch_size):
@@ -509,21 +520,21 @@ class Pipeline:
         if not with_image:
             return None
         with self._step("images"):
-            batch = preprocess_images([item.image for item in with_image], detector_size=self.detector_size,
-                                      max_pixels=self.max_pixels)  # fmt: skip
+            decoded = iter(self._prepare([item.image for item in with_image if not isinstance(item.image, PreparedImage)]))
+        pictures = [item.image if isinstance(item.image, PreparedImage) else next(decoded) for item in with_image]
         rows = []
-        for row, item in enumerate(with_image):
-            if batch.errors[row] is not None:
-                self._image_problem(item, batch.errors[row])
+        for item, picture in zip(with_image, pictures):
+            if picture.error is not None:
+                self._image_problem(item, picture.error)
             else:
                 item.image_row = len(rows)
-                rows.append(row)
+                rows.append(picture)
         if not rows:
             return None
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mner-image")
-        vision = self._pool.submit(self._chunked, self.vision, "images", batch.vision[rows])
-        detector = self._pool.submit(self._chunked, self.detector, "images", batch.detector[rows])
+        vision = self._pool.submit(self._chunked, self.vision, "images", np.stack([p.vision for p in rows]))
+        detector = self._pool.submit(self._chunked, self.detector, "images", np.stack([p.detector for p in rows]))
 
         def wait() -> tuple[np.ndarray, np.ndarray]:
             grid = vision.result()["grid"]
@@ -532,6 +543,22 @@ class Pipeline:
             return grid, object_ids
 
         return wait
+
+    def prepare_image(self, data: bytes) -> PreparedImage:
+        """Decode and resize a picture as tagging would, for a ``Post`` to carry instead of its bytes:
+        mner-serve decodes on another thread than the pipeline's, so one large picture does not hold the
+        tagger. Safe from any thread (it uses no runner). A picture that cannot be used gives its error."""
+        if not self.has_images:
+            return PreparedImage(None, None, "this bundle has no detector and vision stages (it was exported for text "
+                                             "only), so it cannot use pictures")  # fmt: skip
+        return self._prepare([bytes(data)])[0]
+
+    def _prepare(self, images: list[bytes]) -> list[PreparedImage]:
+        if not images:
+            return []
+        batch = preprocess_images(images, detector_size=self.detector_size, max_pixels=self.max_pixels)
+        return [PreparedImage(batch.vision[i], batch.detector[i], batch.errors[i]) if batch.errors[i] is None
+                else PreparedImage(None, None, batch.errors[i]) for i in range(len(images))]  # fmt: skip
 
     def _chunked(self, runner: Runner, name: str, array: np.ndarray) -> dict[str, np.ndarray]:
         """Run a one-input stage over a batch larger than the runner takes."""
@@ -544,10 +571,13 @@ class Pipeline:
         """Word-pieces of each post: one window, or overlapping windows where the post is too long.
         Those windows are planned here and encoded as the tagger reaches them (``_run_tagger``), so
         the first step of a long post's ``tag_steps`` does not encode all of it."""
-        whole = self.encoder.encode_many([[w.text for w in item.words] for item in items])
         budget = self.encoder.max_length - 2
-        for item, encoded in zip(items, whole):
-            if not encoded.truncated:
+        # A post of more words than a window holds pieces is windowed without encoding it whole first.
+        fits = [item for item in items if len(item.words) <= budget]
+        whole = dict(zip(map(id, fits), self.encoder.encode_many([[w.text for w in item.words] for item in fits])))
+        for item in items:
+            encoded = whole.get(id(item))
+            if encoded is not None and not encoded.truncated:
                 item.windows = [Window(0, len(item.words), 0, len(item.words))]
                 item.encoded, item.lengths = [encoded], [len(encoded)]
                 continue

@@ -96,3 +96,20 @@ def test_chunk_pieces_bounds_each_tagger_call_and_so_each_step_without_changing_
     for bad in (0, -5, 2.5):
         with pytest.raises(ValueError, match="chunk_pieces must be a positive int or None"):
             fake_pipeline(chunk_pieces=bad)
+
+
+def test_a_prepared_picture_tags_as_its_bytes_do_and_a_bad_one_is_that_posts_error():
+    pipeline = fake_pipeline(batch_size=4)
+    good, bad = jpeg(40, 60, 0), jpeg(40, 60, 1)[:100]
+    posts = [Post("Obama in Paris", good), Post("Kawhi Leonard visits Toronto", bad), Post("New York today")]
+    expected = pipeline.tag(posts)
+    prepared = [Post(post.text, pipeline.prepare_image(post.image) if post.image else None) for post in posts]
+    assert prepared[0].image.error is None and prepared[0].image.vision.shape == (3, 224, 224)
+    assert prepared[1].image.error and prepared[1].image.vision is None
+    results = pipeline.tag(prepared)
+    assert all(same(r, e) for r, e in zip(results, expected)) and results[0].objects
+    assert results[1].error == expected[1].error and results[1].error.startswith("image: ")
+    mixed = pipeline.tag([prepared[0], posts[0]])  # prepared and bytes in one batch
+    assert same(mixed[0], expected[0]) and same(mixed[1], expected[0])
+    text_only = fake_pipeline(detector=None, vision=None)
+    assert "no detector and vision stages" in text_only.prepare_image(good).error
