@@ -24,8 +24,13 @@ large request never holds the worker for its whole length:
 
 Each request's results are assembled in order and its future resolved once, when its
 last post is tagged. An idle worker waits up to ``max_wait_ms`` after a first request for
-others to join its batch. What one step cannot cut: one picture's decoding and its
-detector and vision stages (bounded by the per-picture and per-request pixel limits).
+others to join its batch.
+
+Pictures are decoded off the worker: a batch with pictures is handed to one "mner-pictures"
+thread (``Pipeline.prepare_image``) when it is formed, and stepped once they are ready, the
+worker stepping other batches meanwhile; each request has at most one batch there, so a
+short request's picture waits for at most one batch of each other request's. What a step
+cannot cut: the detector and vision stages of one batch's pictures.
 
 One request's problem stays its own: a post the pipeline cannot tag gets its error in
 its result (the pipeline re-tags a failing batch post by post), and should the pipeline
@@ -42,6 +47,7 @@ import queue
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -153,10 +159,18 @@ class _Batch:
     parts: list[_Part]
     steps: Steps | None = None  # made at the first step
     seconds: float = 0.0  # spent in its steps
+    prepared: Future | None = None  # its posts with their pictures decoded (mner-pictures thread), if it has any
 
     @property
     def posts(self) -> list[Post]:
         return [post for part in self.parts for post in part.posts]
+
+    @property
+    def ready(self) -> bool:
+        return self.prepared is None or self.prepared.done()
+
+
+_WAKE = object()  # put on the queue when a batch's pictures are ready: an idle worker wakes up
 
 
 class Batcher:
@@ -177,7 +191,8 @@ class Batcher:
         self.warmup_posts = list(warmup_posts)
         self.ready = threading.Event()
         self.failed: str | None = None  # why warm-up failed, if it did
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._queue: queue.Queue = queue.Queue()  # _Job, _WAKE, or None from close()
+        self._pictures = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mner-pictures")
         self._depth = 0  # posts submitted and not yet taken into a batch
         self._lock = threading.Lock()
         self._closing = False
@@ -192,6 +207,7 @@ class Batcher:
             self._closing = True
         self._queue.put(None)
         self._thread.join(timeout)
+        self._pictures.shutdown(wait=False)
 
     @property
     def depth(self) -> int:
@@ -236,16 +252,20 @@ class Batcher:
         owed = False  # a new batch was stepped ahead of running ones: they get the next step
         stopping = False
         while True:
-            idle = not waiting and not running and not rejoining
-            if idle and stopping:
+            if stopping and not waiting and not running and not rejoining:
                 break
+            idle = not waiting and not rejoining and not any(batch.ready for batch in running)
             stopping = self._take_jobs(waiting, block=idle) or stopping  # close(): finish what came before it
             waiting.extend(rejoining)
             rejoining.clear()
             self._drop_abandoned(waiting)
-            if waiting and not (owed and running):
+            if waiting and not (owed and any(batch.ready for batch in running)):
                 running.appendleft(self._form(waiting))
-            if not running:
+            for _ in range(len(running)):  # the first batch whose pictures are ready, in turn
+                if running[0].ready:
+                    break
+                running.rotate(-1)
+            if not running or not running[0].ready:
                 continue
             batch = running.popleft()
             owed = batch.steps is None and bool(running)
@@ -263,10 +283,13 @@ class Batcher:
                     return False
                 if job is None:
                     return True
-                waiting.append(job)
+                if job is not _WAKE:
+                    waiting.append(job)
         job = self._queue.get()
         if job is None:
             return True
+        if job is _WAKE:  # a batch's pictures are ready: step it
+            return False
         waiting.append(job)
         size = len(job.posts)
         deadline = time.monotonic() + self.max_wait
@@ -278,8 +301,9 @@ class Batcher:
                 return False
             if job is None:
                 return True
-            waiting.append(job)
-            size += len(job.posts)
+            if job is not _WAKE:
+                waiting.append(job)
+                size += len(job.posts)
         return False
 
     def _drop_abandoned(self, waiting: deque[_Job]) -> None:
@@ -323,7 +347,16 @@ class Batcher:
             self._depth -= posts
             self.metrics.queue_depth.set(self._depth)
         self.metrics.batch_size.observe(posts)
-        return _Batch(list(parts.values()))
+        batch = _Batch(list(parts.values()))
+        if any(isinstance(post.image, (bytes, bytearray, memoryview)) for post in batch.posts):
+            batch.prepared = self._pictures.submit(self._prepare, batch.posts)
+            batch.prepared.add_done_callback(lambda _: self._queue.put(_WAKE))
+        return batch
+
+    def _prepare(self, posts: list[Post]) -> list[Post]:
+        """The posts with their pictures decoded and resized (on the mner-pictures thread)."""
+        return [Post(post.text, self.pipeline.prepare_image(post.image))
+                if isinstance(post.image, (bytes, bytearray, memoryview)) else post for post in posts]  # fmt: skip
 
     def _step(self, batch: _Batch, rejoining: list[_Job]) -> bool:
         """Take one step of ``batch``; True when it is done (its requests answered when complete, or in
@@ -336,7 +369,7 @@ class Batcher:
         started = time.perf_counter()
         try:
             if batch.steps is None:
-                batch.steps = self.pipeline.tag_steps(batch.posts)
+                batch.steps = self.pipeline.tag_steps(batch.posts if batch.prepared is None else batch.prepared.result())
             next(batch.steps)
         except StopIteration as done:
             outcome: list[TagResult] | BaseException = done.value

@@ -214,3 +214,43 @@ def test_serve_config_refuses_a_post_limit_over_the_request_limit_and_non_positi
     for name in ("max_post_pieces", "max_request_pieces", "max_request_pixels", "max_batch_pixels"):
         with pytest.raises(ValueError, match=f"{name} must be a positive int"):
             ServeConfig(**{name: 0})
+
+
+class PicturePipeline(SteppedPipeline):
+    """Decoding a picture waits until the test lets it finish; tagging records what image each post carried."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decoding = threading.Event()
+        self.decoded = threading.Event()
+        self.images: list = []
+
+    def prepare_image(self, data):
+        self.decoding.set()
+        assert self.decoded.wait(30), "the test never let the picture decode"
+        return ("prepared", bytes(data))
+
+    def tag_steps(self, posts):
+        self.images += [post.image for post in posts]
+        return super().tag_steps(posts)
+
+
+def test_pictures_are_decoded_off_the_worker_which_tags_other_requests_meanwhile():
+    pipeline = PicturePipeline()
+    batcher = started(pipeline)
+
+    async def scenario():
+        photo, _ = batcher.submit([Post("photo 1", b"PNG bytes"), Post("caption 1")], [PostCost(pixels=12_000_000), PostCost()])
+        await until(pipeline.decoding.is_set)
+        short, _ = batcher.submit([Post("short 1")])
+        assert [r.tags for r in await asyncio.wait_for(short, 10)] == [["short 1"]]
+        assert not photo.done()
+        pipeline.decoded.set()
+        assert [r.tags[0] for r in await asyncio.wait_for(photo, 10)] == ["photo 1", "caption 1"]
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        batcher.close(timeout=10)
+    assert pipeline.log == ["short", "photo", "caption"]  # the 12-MP photo is a batch of its own
+    assert pipeline.images == [None, ("prepared", b"PNG bytes"), None]
