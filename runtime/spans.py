@@ -14,7 +14,7 @@ value; one unsure word makes the entity unsure.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from mner.runtime.tags import entities_from_bio
@@ -30,7 +30,9 @@ class Entity:
     score: float  # in [0, 1]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict, which deep-copies field by field: ~10x slower, and a large mner-serve
+        # response (16,384 words, ~14,000 entities) is built on the event loop.
+        return {"type": self.type, "text": self.text, "start": self.start, "end": self.end, "score": self.score}
 
 
 def entities_from_words(text: str, words: Sequence[Word], tags: Sequence[str], scores: Sequence[float]) -> list[Entity]:
