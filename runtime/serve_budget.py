@@ -53,7 +53,7 @@ def post_costs(pipeline: Pipeline, posts: Sequence[Post], names: Sequence[str], 
                max_request_pieces: int, max_request_pixels: int) -> list[PostCost]:  # fmt: skip
     """Each post's cost, or ``OverBudget`` for the first limit broken: a post over ``max_post_pieces``,
     or the request's running totals over ``max_request_pieces`` or ``max_request_pixels``.
-    ``names`` say where each post is in the request ("the post", "posts[3]"), for the message."""
+    ``names`` say where each post is in the request ("the post", "posts[3]"), for the messages."""
     if len(names) != len(posts):
         raise ValueError(f"got {len(posts)} posts but {len(names)} names")
     costs: list[PostCost] = []
@@ -66,12 +66,13 @@ def post_costs(pipeline: Pipeline, posts: Sequence[Post], names: Sequence[str], 
                              f"of {max_post_pieces} per post", limit="max_post_pieces", value=max_post_pieces)  # fmt: skip
         total_pieces += text.pieces
         total_pixels += pixels
-        upto = f"{name} has" if len(posts) == 1 else f"posts[0..{len(costs)}] have"
+        upto = f"{name} has" if len(posts) == 1 else f"{names[0]}..{name} have"
         if total_pieces > max_request_pieces:
             raise OverBudget(f"{upto} {total_pieces} word-pieces, over the limit of {max_request_pieces} per request",
                              limit="max_request_pieces", value=max_request_pieces)  # fmt: skip
         if total_pixels > max_request_pixels:
-            raise OverBudget(f"{upto} pictures of {total_pixels} pixels, over the limit of {max_request_pixels} per request",
+            what = "a picture" if len(posts) == 1 else "pictures"
+            raise OverBudget(f"{upto} {what} of {total_pixels} pixels, over the limit of {max_request_pixels} per request",
                              limit="max_request_pixels", value=max_request_pixels)  # fmt: skip
         costs.append(PostCost(text.pieces, max(text.windows, 1), pixels))
     return costs
