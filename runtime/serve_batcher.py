@@ -207,7 +207,8 @@ class Batcher:
             self._closing = True
         self._queue.put(None)
         self._thread.join(timeout)
-        self._pictures.shutdown(wait=False)
+        if not self._thread.is_alive():  # else the worker may still hand it pictures
+            self._pictures.shutdown(wait=False)
 
     @property
     def depth(self) -> int:
