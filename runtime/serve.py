@@ -186,7 +186,7 @@ def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig(), limits: 
         checked: list[Post | ApiError] = []
         for i, post in enumerate(posts):
             try:
-                checked.append(_post_from_json(post, config, pipeline.max_pixels, where=f"posts[{i}]"))
+                checked.append(await _post_from_json(post, config, pipeline.max_pixels, where=f"posts[{i}]"))
             except ApiError as error:
                 checked.append(error)
         good = [(i, post) for i, post in enumerate(checked) if isinstance(post, Post)]
@@ -350,17 +350,25 @@ _JSON_INLINE_BYTES = 1 << 16
 
 async def _json_body(body: bytes, *, posts: int, config: ServeConfig) -> Any:
     """The body as JSON, by ``jsonlimits`` (nesting depth, integer digits, finite numbers), or a 400 naming the
-    rule it broke. First, at C speed, an upper bound on its JSON values: each comma and bracket can open one, and
-    ``posts`` posts of at most max_text_chars characters hold at most that many plus a few each. The C parser
-    holds the GIL while it builds values (16 MiB of "[]," took 7 s), so many tiny values are refused unread."""
+    rule it broke.
+
+    First, at C speed, a bound on its commas and brackets (each can open a JSON value): the C parser holds the GIL,
+    and so the event loop, while it builds values (16 MiB of "[]," took 7 s; 213,000 "[]," 0.3 s). A post needs
+    a few; its text may hold more, each then a word-piece of its own (BERT's tokenizer splits off every
+    punctuation character), so a request within its word-piece budget holds at most that many more."""
+    in_texts = min(posts * config.max_text_chars, config.max_request_pieces if posts > 1 else config.max_post_pieces)
+    most = in_texts + 8 * posts + 8
+    if len(body) > _JSON_INLINE_BYTES:
+        return await asyncio.to_thread(_parse_json, body, most)
+    return _parse_json(body, most)
+
+
+def _parse_json(body: bytes, most_values: int) -> Any:
     values = body.count(b",") + body.count(b"[") + body.count(b"{")
-    most = posts * (config.max_text_chars + 8) + 8
-    if values > most:
-        raise ApiError(400, "too many JSON values", f"the body holds {values} commas and brackets; {posts} post(s) of at "
-                       f"most {config.max_text_chars} characters hold at most {most}")  # fmt: skip
+    if values > most_values:
+        raise ApiError(400, "too many JSON values", f"the body holds {values} commas and brackets; the posts it may hold "
+                       f"within the word-piece budget have at most {most_values}")  # fmt: skip
     try:
-        if len(body) > _JSON_INLINE_BYTES:
-            return await asyncio.to_thread(jsonlimits.loads, body)
         return jsonlimits.loads(body)
     except jsonlimits.JsonLimitError as error:
         raise ApiError(400, error.kind, f"the body is not valid JSON: {error.message}" if error.kind == jsonlimits.MALFORMED
@@ -383,10 +391,10 @@ async def _read_post(request: Request, config: ServeConfig, max_pixels: int) -> 
         if image is not None:
             _check_image(image, max_pixels, "image")
         return Post(text, image)
-    return _post_from_json(await _json_body(body, posts=1, config=config), config, max_pixels, where="body")
+    return await _post_from_json(await _json_body(body, posts=1, config=config), config, max_pixels, where="body")
 
 
-def _post_from_json(value: Any, config: ServeConfig, max_pixels: int, *, where: str) -> Post:
+async def _post_from_json(value: Any, config: ServeConfig, max_pixels: int, *, where: str) -> Post:
     if not isinstance(value, dict):
         raise ApiError(422, "invalid request", f'{where}: expected an object {{"text", "image_base64"?}}, got {type(value).__name__}')
     unknown = sorted(set(value) - {"text", "image_base64"})
@@ -402,7 +410,7 @@ def _post_from_json(value: Any, config: ServeConfig, max_pixels: int, *, where: 
         return Post(text)
     if not isinstance(image, str):
         raise ApiError(422, "invalid request", f"{where}.image_base64 must be a string, got {type(image).__name__}")
-    data = _decode_base64(image, f"{where}.image_base64")
+    data = await _decode_base64(image, f"{where}.image_base64")
     _check_image(data, max_pixels, f"{where}.image_base64")
     return Post(text, data)
 
@@ -418,16 +426,42 @@ def _check_text(text: str, config: ServeConfig, where: str) -> None:
         raise ApiError(422, "bad text", problem)
 
 
-def _decode_base64(value: str, where: str) -> bytes:
-    """Plain or URL-safe base64, or a data: URL, read as mner-tag reads an input line's image string."""
+async def _decode_base64(value: str, where: str) -> bytes:
+    """Plain or URL-safe base64, or a data: URL, read as mner-tag reads an input line's image string; a large
+    payload in a worker thread, a slice at a time (see _decode_base64_in_slices)."""
     if value.startswith("data:"):
         header, comma, value = value.partition(",")
         if not comma or not header.endswith(";base64"):
             raise ApiError(422, "invalid base64", f"{where}: a data URL must look like data:image/jpeg;base64,<payload>")
-    data, problem = decode_base64(value)
+    if len(value) > _BASE64_SLICE:
+        data, problem = await asyncio.to_thread(_decode_base64_in_slices, value)
+    else:
+        data, problem = decode_base64(value)
     if problem is not None:
         raise ApiError(422, "invalid base64", f"{where}: {problem}")
     return data
+
+
+_BASE64_SLICE = 1 << 18  # characters per step, a multiple of 4: a slice's regex check and decode take ~10 ms
+
+
+def _decode_base64_in_slices(payload: str) -> tuple[bytes | None, str | None]:
+    """``tagfile.decode_base64`` (plain or URL-safe, whitespace ignored, padding optional), a slice at a time: over
+    a whole 11 MiB payload its regex check and decode are single C calls that held the GIL, and so the event loop,
+    for most of a second. Between slices the loop gets it back."""
+    text = "".join(payload.split())  # MIME base64 wraps its lines
+    if ("-" in text or "_" in text) and ("+" in text or "/" in text):
+        return None, "invalid base64: it mixes the standard (+/) and URL-safe (-_) alphabets"
+    padding = text.find("=")
+    if padding != -1 and padding < len(text) - 2:
+        return None, "invalid base64: unexpected character '=' before the end"
+    pieces = []
+    for start in range(0, len(text), _BASE64_SLICE):
+        data, problem = decode_base64(text[start : start + _BASE64_SLICE])
+        if problem is not None:
+            return None, problem
+        pieces.append(data)
+    return b"".join(pieces), None
 
 
 def _check_image(data: bytes, max_pixels: int, where: str) -> None:
