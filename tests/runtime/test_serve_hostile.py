@@ -10,6 +10,7 @@ Every request has a timeout and every loop a bound, so a server that stalls fail
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 import time
@@ -20,9 +21,10 @@ from test_exported_bundle import exported  # noqa: F401 -- `exported` is a fixtu
 from test_pipeline import fake_pipeline
 
 from mner.benchmarks.loadtest import HOST, Connection, free_port, post_body, scrape, start_server, stop_server
-from mner.runtime.serve import ApiError, _multipart, create_app
+from mner.runtime.serve import _BASE64_SLICE, ApiError, _decode_base64_in_slices, _multipart, create_app
 from mner.runtime.serve_batcher import ServeConfig
 from mner.runtime.serve_limits import HttpLimits
+from mner.runtime.tagfile import decode_base64
 
 MiB = 1 << 20
 HEALTHZ_BOUND_S = 0.5  # what a test asserts on a shared two-core machine; the robustness report measures < 100 ms
@@ -403,3 +405,27 @@ def test_multipart_refusals(what, body, content_type, status, message):
     with pytest.raises(ApiError, match=message) as refused:
         _multipart(body, content_type)
     assert refused.value.status == status
+
+
+# --------------------------------------------------------------------------- a large base64 picture, in slices
+
+
+def test_a_large_base64_payload_decodes_in_slices_as_in_one_piece():
+    data = bytes(range(256)) * (3 * _BASE64_SLICE // 256 + 7)  # three slices and a bit
+    plain = base64.b64encode(data).decode()
+    assert _decode_base64_in_slices(plain) == (data, None) == decode_base64(plain)
+    wrapped = "\n".join(plain[i : i + 76] for i in range(0, len(plain), 76))  # MIME lines
+    assert _decode_base64_in_slices(wrapped) == (data, None)
+    urlsafe = base64.urlsafe_b64encode(data).decode().rstrip("=")
+    assert _decode_base64_in_slices(urlsafe) == (data, None)
+
+
+@pytest.mark.parametrize("what, change, problem", [
+    ("both alphabets", lambda text: text[:-8] + "-_" + text[-6:], "mixes the standard (+/) and URL-safe (-_) alphabets"),
+    ("padding inside", lambda text: text[:1000] + "=" + text[1001:], "unexpected character '=' before the end"),
+    ("a bad character in a later slice", lambda text: text[:-100] + "!" + text[-99:], "unexpected character '!'"),
+])  # fmt: skip
+def test_a_large_base64_payload_is_refused_as_in_one_piece(what, change, problem):
+    text = base64.b64encode(b"\xfb\xff" * (2 * _BASE64_SLICE)).decode()  # '+' and '/' throughout
+    data, refusal = _decode_base64_in_slices(change(text))
+    assert data is None and problem in refusal
