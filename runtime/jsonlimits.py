@@ -158,50 +158,40 @@ _PLAIN = json.JSONDecoder(parse_constant=_no_constant)  # made once: json.loads 
 
 
 def _too_deep_at(raw: bytes, max_depth: int) -> int | None:
-    """Byte offset of the first bracket outside strings that opens level ``max_depth + 1``, or None."""
+    """Byte offset of the first bracket outside strings that opens level ``max_depth + 1``, or None.
+    A few whole-chunk numpy passes per chunk: no per-bracket or per-string Python work."""
     data = np.frombuffer(raw, dtype=np.uint8)
     depth = 0  # levels open at the start of the chunk
     in_string = False  # is the chunk's first byte inside a string?
     carried = 0  # backslashes that end the previous chunk
     for start in range(0, len(data), _CHUNK):
         chunk = data[start : start + _CHUNK]
-        quotes = np.flatnonzero(chunk == _QUOTE)
-        run_ends, run_lengths = _backslash_runs(chunk, carried) if quotes.size or chunk[-1] == _BACKSLASH else ((), ())
-        if len(run_ends):
-            # an odd run of backslashes right before a quote escapes it
-            index = np.minimum(np.searchsorted(run_ends, quotes - 1), len(run_ends) - 1)
-            escaped = (run_ends[index] == quotes - 1) & (run_lengths[index] % 2 == 1)
-            toggles = quotes[~escaped]  # the quotes that open or close a string
-        else:
-            toggles = quotes
+        is_backslash = chunk == _BACKSLASH
+        toggles = chunk == _QUOTE  # (chunk,) the quotes that open or close a string, once escaped ones are dropped
+        after_backslash = np.flatnonzero(toggles[1:] & is_backslash[:-1]) + 1
+        if after_backslash.size:  # an odd run of backslashes right before a quote escapes it
+            # the last byte at or before each position that is not a backslash (-1: none in this chunk)
+            last_other = np.maximum.accumulate(np.where(is_backslash, -1, np.arange(len(chunk), dtype=np.int32)))
+            before = last_other[after_backslash - 1]
+            runs = after_backslash - 1 - before + np.where(before < 0, carried, 0)
+            toggles[after_backslash[runs % 2 == 1]] = False
+        if carried % 2 and toggles[0]:
+            toggles[0] = False
+        # a byte is inside a string when an odd number of toggles precede it (uint8 sums wrap: parity is kept)
+        inside = (np.cumsum(toggles, dtype=np.uint8) & 1).astype(bool)
+        if in_string:
+            inside = ~inside
         steps = _STEP[chunk]  # (chunk,) +1 for [ {, -1 for ] }, else 0
-        brackets = np.flatnonzero(steps)
-        if brackets.size:
-            outside = (np.searchsorted(toggles, brackets) + in_string) % 2 == 0
-            brackets = brackets[outside]
-            levels = depth + np.cumsum(steps[brackets], dtype=np.int64)
-            over = np.flatnonzero(levels > max_depth)
-            if over.size:
-                return start + int(brackets[over[0]])
-            if levels.size:
-                depth = int(levels[-1])
-        in_string ^= bool(toggles.size % 2)
-        carried = int(run_lengths[-1]) if len(run_ends) and run_ends[-1] == len(chunk) - 1 else 0
+        steps[inside] = 0
+        levels = np.cumsum(steps, dtype=np.int64)
+        over = np.flatnonzero(levels > max_depth - depth)
+        if over.size:
+            return start + int(over[0])
+        depth += int(levels[-1])
+        in_string = bool(inside[-1])  # the parity after the chunk's last byte, a quote or not
+        if is_backslash[-1]:  # the backslashes ending this chunk, added to those carried if it is all backslashes
+            others = np.flatnonzero(~is_backslash)
+            carried = len(chunk) - 1 - int(others[-1]) if others.size else carried + len(chunk)
+        else:
+            carried = 0
     return None
-
-
-def _backslash_runs(chunk: np.ndarray, carried: int) -> tuple[np.ndarray, np.ndarray]:
-    """Last position and length of each run of backslashes in ``chunk`` (a run at its start
-    continues the ``carried`` backslashes that ended the previous chunk)."""
-    positions = np.flatnonzero(chunk == _BACKSLASH)
-    if carried and (not positions.size or positions[0] != 0):
-        positions = np.insert(positions, 0, -1)  # the carried run, ending right before the chunk
-    if not positions.size:
-        return positions, positions
-    breaks = np.flatnonzero(np.diff(positions) != 1)  # run i ends at positions[breaks[i]]
-    last = np.append(breaks, positions.size - 1)
-    first = np.insert(breaks + 1, 0, 0)
-    lengths = last - first + 1
-    if positions[0] <= 0:
-        lengths[0] += carried - (positions[0] == -1)
-    return positions[last], lengths

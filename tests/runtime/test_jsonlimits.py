@@ -43,10 +43,10 @@ def test_depth_limit_counts_arrays_and_objects():
 @pytest.mark.parametrize("levels", [1_000, 5_000, 100_000, 1_000_000])
 def test_deep_nesting_is_refused_fast_and_never_recurses(levels):
     for body in ("[" * levels + "]" * levels, '{"a":' * levels + "1" + "}" * levels, "[" * levels):
-        started = time.perf_counter()
+        started = time.process_time()
         with pytest.raises(JsonLimitError, match="nested deeper than 64 levels") as caught:
             loads(body.encode())
-        assert time.perf_counter() - started < 2.0
+        assert time.process_time() - started < 1.0
         assert not isinstance(caught.value, MalformedJsonError)
 
 
@@ -163,20 +163,22 @@ def _sixteen_mib(unit: str, opening: str = "[", closing: str = "]") -> bytes:
     return (opening + unit * count + closing).encode()
 
 
-@pytest.mark.parametrize("name", ["brackets in strings", "tiny strings", "escapes", "small ints", "big object nest"])
+@pytest.mark.parametrize("name", ["brackets in strings", "tiny strings", "escapes behind brackets", "small ints",
+                                  "objects", "floats with 3-digit exponents"])
 def test_a_16_mib_body_costs_about_what_json_loads_costs(name):
     body = {
         "brackets in strings": _sixteen_mib('"[[[[{{{{",', closing='""]'),
         "tiny strings": _sixteen_mib('"",', closing='""]'),
-        "escapes": b'["' + b'\\"' * (8 << 20) + b'"]',
+        "escapes behind brackets": b"[" + b"{}," * 100 + b'"' + b'\\"' * (8 << 20) + b'"]',  # the depth scan runs
         "small ints": _sixteen_mib("1,", closing="1]"),
-        "big object nest": _sixteen_mib('{"a":[1,{"b":"x"}]},', closing="1]"),
+        "objects": _sixteen_mib('{"a":[1,{"b":"x"}]},', closing="1]"),
+        "floats with 3-digit exponents": _sixteen_mib("1e100,", closing="1]"),  # the Python hooks run
     }[name]
-    started = time.perf_counter()
+    # CPU time, not wall time: the machine is shared; the bound still catches a superlinear or per-byte Python cost
+    started = time.process_time()
     json.loads(body)
-    baseline = time.perf_counter() - started
-    started = time.perf_counter()
+    baseline = time.process_time() - started
+    started = time.process_time()
     loads(body)
-    took = time.perf_counter() - started
-    # the CPU is shared with other work: a loose bound that still catches a superlinear or per-byte Python cost
-    assert took < 3 * baseline + 1.0, (name, took, baseline)
+    took = time.process_time() - started
+    assert took < 2 * baseline + 1.5, (name, took, baseline)
