@@ -64,7 +64,7 @@ def test_health_readiness_metrics_and_docs(server):
 
 
 def test_tags_equal_mner_tag(server, posts, tmp_path, exported):  # noqa: F811
-    lines = [{"id": i, "text": text, **({"image": base64.b64encode(image).decode()} if image else {})}
+    lines = [{"id": i, "text": text, **({"image_base64": base64.b64encode(image).decode()} if image else {})}
              for i, (text, image) in enumerate(posts)]  # fmt: skip
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     result = CliRunner().invoke(tag_command, ["--engine", str(exported.bundle), "--input", str(tmp_path / "in.jsonl"),
