@@ -5,18 +5,32 @@
     GET  /healthz  /readyz  /metrics  /docs  /openapi.json
 
 A tagged post is answered as ``mner-tag`` writes it: {"entities": [...], "objects": [...]}
-(plus "image_error" where a picture was dropped). Every refusal is a JSON body
-{"error": {"kind", "message"[, "limit", "value"]}} with a 4xx/5xx status: 413 for a body
-over --max-body-bytes; 422 for a text over --max-text-chars, a picture over the pixel
-limit, too many posts, invalid base64, a corrupt picture, an empty text or a text with a
-lone surrogate (JSON "\\ud800", kind "bad text": refused before batching, so it never
-shares a batch); 400 for malformed JSON; 415 for another content type; 503 + Retry-After
-when the queue is full or the bundle is still warming up; 504 past --timeout-s; 500 for a
-post whose tagging raised (the pipeline then tags the rest of its batch alone: the other
-requests batched with it are answered as usual).
+(plus "image_error" where a picture was dropped). Every refusal, whatever its status, is a JSON
+body {"error": {"kind", "message"[, "limit", "value"]}} (the kind also in the x-error-kind
+header): 400 for malformed JSON, JSON past jsonlimits' limits (nesting, integer digits,
+NaN/Infinity, 1e999), too many JSON values, malformed multipart or malformed HTTP; 404/405 for
+a path or method the API lacks; 408 for headers past --header-timeout-s or a body past
+--body-timeout-s; 413 for a body over --max-body-bytes; 415 for another content type; 422 for
+a text over --max-text-chars, a picture over the pixel limit, too many posts, a request over
+budget, invalid base64, a corrupt picture, an empty text or a text with a lone surrogate (JSON
+"\\ud800", kind "bad text": refused before batching, so it never shares a batch); 503 +
+Retry-After when the queue is full, the bundle is still warming up or the connection is past
+--max-connections; 504 past --timeout-s; 500 for a post whose tagging raised (the pipeline then
+tags the rest of its batch alone) or a bug (logged; the connection stays open). /v1/tag/batch
+answers 200 with each bad post's own {"error": {...}} in its place among the others' results;
+only a request that is wrong as a whole (not a list, too many posts, over the request budget,
+bad JSON) is refused whole.
 
-On SIGTERM uvicorn stops listening and waits for the requests in flight; the batcher
-then tags whatever was submitted before it stops, so no accepted request goes unanswered.
+Nothing whose cost grows with the body runs long on the event loop: multipart is parsed by
+python-multipart, JSON by jsonlimits and large base64 payloads decoded a slice at a time, in a
+worker thread, after C-speed bounds that refuse bodies built to be slow (see _check_delimiters,
+_json_body). Connections are bounded by uvicorn's keep-alive timeout and by _LimitedH11Protocol
+(header timeout, connection limit).
+
+On SIGTERM the server drains for --drain-s (see _DrainingServer): still listening, /readyz 503
+"draining", every response Connection: close; then it stops listening and waits for the
+requests in flight, and the batcher tags whatever was submitted before it stops, so no
+accepted request goes unanswered.
 """
 
 from __future__ import annotations
