@@ -69,7 +69,7 @@ from mner.runtime.decode import CRFParameters, decode_words
 from mner.runtime.image import MAX_PIXELS, preprocess_images
 from mner.runtime.runners import BACKENDS, OrtRunner, Runner, TrtRunner, tensorrt_machine, torch_runners
 from mner.runtime.spans import Entity, entities_from_words
-from mner.runtime.tags import TagScheme
+from mner.runtime.tags import TagScheme, repair_bio
 from mner.runtime.splitters import DEFAULT_SPLITTER, get_splitter
 from mner.runtime.text import EncodedText, TextEncoder, Word
 from mner.runtime.textcheck import text_problem
@@ -631,6 +631,9 @@ class Pipeline:
                 word_tags += tags[keep]
                 word_scores += [float(s) for s in scores[keep]]
             assert len(word_tags) == len(item.words)
+            # Each window is well-formed BIO; a seam between two windows decoded apart can still
+            # read O then I-x, which becomes B-x (the entities are the same).
+            word_tags = repair_bio(word_tags)
             result = item.result
             result.tags, result.scores, result.windows = word_tags, word_scores, len(item.windows)
             result.entities = entities_from_words(item.text, item.words, word_tags, word_scores)

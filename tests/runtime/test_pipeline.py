@@ -17,7 +17,7 @@ from mner.runtime.decode import CRFParameters
 from mner.runtime.pipeline import Pipeline, Post
 from mner.runtime.runners import Runner
 from mner.runtime.splitters import get_splitter
-from mner.runtime.tags import TagScheme
+from mner.runtime.tags import TagScheme, bio_violations
 from mner.runtime.text import SPECIAL_TOKENS, TextEncoder, bert_tokenizer
 from runtime_samples import jpeg, png_header_claiming
 
@@ -140,7 +140,8 @@ def test_entity_offsets_index_the_original_text(favour, splitter):
     if favour == "I-LOC":  # one entity from the first word to the last, inner whitespace as it was
         for text, result in zip(ADVERSARIAL, results):
             assert [e.text for e in result.entities] == [text.strip()]
-            assert result.entities[0].score > 0.99
+            # An I-x cannot start a post: a one-word post's tag is B-LOC, not favoured, so less sure.
+            assert result.entities[0].score > (0.99 if len(result.words) > 1 else 0.5)
 
 
 def test_long_text_is_windowed_not_truncated_and_tags_do_not_depend_on_the_window():
@@ -149,9 +150,12 @@ def test_long_text_is_windowed_not_truncated_and_tags_do_not_depend_on_the_windo
     small = fake_pipeline(max_length=12).tag([text])[0]
     assert len(whole.tags) == len(small.tags) == len(text.split())
     assert whole.windows > 1 and small.windows > whole.windows
-    assert small.tags == whole.tags
-    np.testing.assert_allclose(small.scores, whole.scores, rtol=1e-5)
-    assert [e.to_dict() for e in small.entities] == [e.to_dict() for e in whole.entities]
+    assert small.tags == whole.tags and not bio_violations(whole.tags)  # seams between windows too
+    # Under the BIO constraints a word's marginal depends on which neighbours its window
+    # holds (an I-x needs one before it), so scores near window edges move a little.
+    np.testing.assert_allclose(small.scores, whole.scores, atol=0.05)
+    spans = lambda result: [(e.type, e.start, e.end, e.text) for e in result.entities]  # noqa: E731
+    assert spans(small) == spans(whole)
     assert small.entities[-1].end <= len(text)
 
 
