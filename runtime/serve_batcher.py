@@ -157,6 +157,8 @@ class _Part:
 
 @dataclass(eq=False)
 class _Batch:
+    """Posts of one or more requests, tagged together in steps."""
+
     parts: list[_Part]
     steps: Steps | None = None  # made at the first step
     seconds: float = 0.0  # spent in its steps
