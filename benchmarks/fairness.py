@@ -51,7 +51,7 @@ PHOTO_PIXELS = 4000 * 3000  # a 12-megapixel phone photo
 def largest_text_request(bundle: Path, max_post_pieces: int, max_request_pieces: int, max_text_chars: int,
                          max_posts: int) -> tuple[bytes, int, int]:  # fmt: skip
     """The /v1/tag/batch body asking for the most word-pieces the limits allow, with its (pieces, windows)."""
-    from mner.runtime.pipeline import Pipeline  # noqa: PLC0415 -- only the text cost is needed, from the bundle's own tokenizer
+    from mner.runtime.pipeline import Pipeline  # noqa: PLC0415 -- for the text cost, by the bundle's own tokenizer
 
     with Pipeline.from_bundle(bundle, verify=False) as pipeline:
         assert pipeline.text_cost("a").pieces == 1, "'a' is one word-piece in every BERT vocabulary"
@@ -152,7 +152,8 @@ def main(bundle, repeats, short_requests, kinds, max_batch, max_post_pieces, max
     given = {"max_batch": max_batch, "max_post_pieces": max_post_pieces, "max_request_pieces": max_request_pieces,
              "max_request_pixels": max_request_pixels, "max_batch_pixels": max_batch_pixels,
              "max_step_pieces": max_step_pieces}  # fmt: skip
-    options = [item for name, value in given.items() if value is not None for item in (f"--{name.replace('_', '-')}", str(value))]
+    options = [item for name, value in given.items() if value is not None
+               for item in (f"--{name.replace('_', '-')}", str(value))]  # fmt: skip
     config = ServeConfig(**{name: value for name, value in given.items() if value is not None})
     from mner.runtime.bundle import Bundle  # noqa: PLC0415
 

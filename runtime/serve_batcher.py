@@ -217,7 +217,8 @@ class Batcher:
     def depth(self) -> int:
         return self._depth
 
-    def submit(self, posts: Sequence[Post], costs: Sequence[PostCost] | None = None) -> tuple[asyncio.Future, threading.Event]:
+    def submit(self, posts: Sequence[Post],
+               costs: Sequence[PostCost] | None = None) -> tuple[asyncio.Future, threading.Event]:  # fmt: skip
         """Queue ``posts`` for tagging; returns a future for their results and an event to set on giving up.
 
         ``costs`` (``serve_budget.post_costs``) let the worker cut the request into batches of

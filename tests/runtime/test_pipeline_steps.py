@@ -26,7 +26,8 @@ def take_steps(steps) -> tuple[int, list]:
 
 
 def same(a, b) -> bool:
-    return (a.error, a.tags, a.scores, a.entities, a.objects, a.windows) == (b.error, b.tags, b.scores, b.entities, b.objects, b.windows)
+    fields = ("error", "tags", "scores", "entities", "objects", "windows")
+    return [getattr(a, name) for name in fields] == [getattr(b, name) for name in fields]
 
 
 def test_a_long_post_takes_a_step_per_chunk_of_windows_and_gives_what_tag_gives():

@@ -240,7 +240,8 @@ def test_pictures_are_decoded_off_the_worker_which_tags_other_requests_meanwhile
     batcher = started(pipeline)
 
     async def scenario():
-        photo, _ = batcher.submit([Post("photo 1", b"PNG bytes"), Post("caption 1")], [PostCost(pixels=12_000_000), PostCost()])
+        posts, costs = [Post("photo 1", b"PNG bytes"), Post("caption 1")], [PostCost(pixels=12_000_000), PostCost()]
+        photo, _ = batcher.submit(posts, costs)
         await until(pipeline.decoding.is_set)
         short, _ = batcher.submit([Post("short 1")])
         assert [r.tags for r in await asyncio.wait_for(short, 10)] == [["short 1"]]
