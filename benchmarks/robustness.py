@@ -50,6 +50,7 @@ RATIO_TARGET = 5.0
 # the body timeout leaves room to send 16 MiB on loopback.
 SERVER_OPTIONS = ("--header-timeout-s", "2", "--body-timeout-s", "4", "--keep-alive-s", "2", "--max-connections", "128")
 MAX_CONNECTIONS = 128
+BASELINE_S = 2.0
 SHORT_TEXT = "Kawhi Leonard scores 30 as the Raptors beat the Celtics in Toronto"
 
 
@@ -261,7 +262,7 @@ class Case:
     name: str
     expected: str  # what the report shows as expected
     accept: Callable[[Observed], bool]  # whether the observation meets it
-    send: Callable[[int], Observed]  # the hostile input against the port
+    send: Callable[[int], Observed] | _Lazy  # the hostile input against the port
     within_body_limit: bool = True  # the /healthz target applies
 
 
@@ -278,9 +279,16 @@ def _raw(data: bytes, read_within: float = 30, trickle: float = 0.0) -> Callable
     return lambda port: asyncio.run(raw_exchange(port, data, read_within=read_within, trickle=trickle))[0]
 
 
-def _lazy(build: Callable[[], Callable[[int], Observed]]) -> Callable[[int], Observed]:
-    """Build the body only when the class runs (some are 15 MiB)."""
-    return lambda port: build()(port)
+@dataclass
+class _Lazy:
+    """A class whose body is built only when it runs (some are 15 MiB), and before /healthz is watched: building
+    it in this process while probing would hold this process's GIL and count against the server."""
+
+    build: Callable[[], Callable[[int], Observed]]
+
+
+def _lazy(build: Callable[[], Callable[[int], Observed]]) -> _Lazy:
+    return _Lazy(build)
 
 
 def _slowloris(port: int, count: int = 50) -> Observed:
@@ -543,6 +551,7 @@ class TagResult:
     exit_code: int
     traceback: bool
     secret_opens: list[str]
+    quoted: int  # output records quoting a planted file's bytes (or a non-picture's under --images)
     outside_opens: list[str]
     errors: list[str]
     seconds: float
@@ -617,6 +626,7 @@ def run_tag(bundle: Path, work: Path) -> TagResult:
     allowed += [os.path.realpath(p) for p in sys.path if p]
     outside = sorted({p for p in opened if not any(os.path.realpath(p).startswith(root) for root in allowed)})
     errors = [f"{r.get('id')}: {r['error']}" for r in records if "error" in r]
+    quoted = sum(marker in line for line in output.read_text().splitlines() for marker in ("SECRET", "root:x")) if output.exists() else 0
 
     disk = {}
     command = [sys.executable, "-c", "from mner.runtime.cli import tag_command; tag_command()", "--engine", str(bundle),
@@ -629,7 +639,7 @@ def run_tag(bundle: Path, work: Path) -> TagResult:
                                preexec_fn=_limit_file_size)  # fmt: skip
     disk["the output's disk fills up after 2,000 bytes (RLIMIT_FSIZE)"] = (
         done_full.returncode, done_full.stderr.decode(errors="replace").strip())
-    return TagResult(len(lines), len(records), done.returncode, "Traceback" in stderr, secret_opens, outside, errors,
+    return TagResult(len(lines), len(records), done.returncode, "Traceback" in stderr, secret_opens, quoted, outside, errors,
                      seconds, disk)  # fmt: skip
 
 
@@ -641,9 +651,17 @@ def build_bundle(root: Path) -> Path:
     from mner.export.pipeline import export_bundle  # noqa: PLC0415 -- needs torch: only when no bundle is given
     from mner.export.random_checkpoint import make_random_checkpoint  # noqa: PLC0415
 
-    small = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
-    checkpoint = make_random_checkpoint(root / "best.pt", preset="tiny", seed=0, **small)
-    return export_bundle(ckpt=checkpoint, out=root / "bundle", stages="tagger", seed=0).path
+    import torch  # noqa: PLC0415
+
+    small = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+             "augmentation_dim": 16, "vocab_size": 1500}  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two OpenMP threads on two busy cores stall each other at every barrier
+    try:
+        checkpoint = make_random_checkpoint(root / "best.pt", preset="tiny", seed=0, **small)
+        return export_bundle(ckpt=checkpoint, out=root / "bundle", stages="tagger", seed=0).path
+    finally:
+        torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- the run
@@ -663,16 +681,22 @@ class Row:
         return self.case.accept(self.observed)
 
 
-def run_cases(port: int, cases: list[Case], log: Callable[[str], None] = lambda _: None) -> list[Row]:
+def run_cases(port: int, cases: list[Case], baseline: dict, log: Callable[[str], None] = lambda _: None) -> list[Row]:
     rows = []
     with HealthProbe(port) as probe:
         time.sleep(0.2)
+        probe.reset()
+        time.sleep(BASELINE_S)  # nothing in flight: the machine's own noise floor
+        worst, count, _ = probe.snapshot()
+        log(f"baseline: slowest /healthz with nothing in flight {worst * 1000:.1f} ms over {count} probes")
+        baseline.update(ms=worst * 1000, probes=count)
         for case in cases:
+            send = case.send.build() if isinstance(case.send, _Lazy) else case.send
             time.sleep(0.05)
             probe.reset()
             started = time.perf_counter()
             try:
-                observed = case.send(port)
+                observed = send(port)
             except Exception as error:  # noqa: BLE001 -- a client-side failure is this class's observation
                 observed = Observed(None, f"client error {type(error).__name__}: {error}"[:120])
             seconds = time.perf_counter() - started
@@ -684,25 +708,30 @@ def run_cases(port: int, cases: list[Case], log: Callable[[str], None] = lambda 
     return rows
 
 
-def fairness_ratio(bundle: Path, port: int, config: ServeConfig, shorts: int, kinds: tuple[str, ...]) -> list[tuple]:
+def fairness_ratio(bundle: Path, port: int, config: ServeConfig, shorts: int, kinds: tuple[str, ...],
+                   repeats: int) -> list[tuple]:  # fmt: skip
+    """(repeat, kind, what, idle Phase, loaded Phase) by fairness.measure, for each repeat and kind."""
     from mner.runtime.bundle import Bundle  # noqa: PLC0415
 
-    results = []
+    bodies = {}
     for kind in kinds:
         if kind == "text":
             body, pieces, windows = fairness.largest_text_request(bundle, config.max_post_pieces, config.max_request_pieces,
                                                                   config.max_text_chars, config.max_posts)  # fmt: skip
-            what = f"{len(json.loads(body)['posts'])} posts, {pieces} word-pieces, {windows} tagger windows"
+            bodies[kind] = body, f"{len(json.loads(body)['posts'])} posts, {pieces} word-pieces, {windows} tagger windows"
         else:
             opened = Bundle.open(bundle, verify=False)
             if not opened.has_images:  # a tagger-only bundle: no pictures to be slow on
                 continue
             per_picture = int(opened.image_settings.get("max_pixels", fairness.PHOTO_PIXELS))
             body, count, pixels = fairness.largest_picture_request(config.max_request_pixels, per_picture, config.max_posts)
-            what = f"{count} PNGs, {pixels / 1e6:.1f} MP"
-        idle = asyncio.run(fairness.measure(port, shorts, None, 120))
-        loaded = asyncio.run(fairness.measure(port, shorts, body, 120))
-        results.append((kind, what, idle, loaded))
+            bodies[kind] = body, f"{count} PNGs, {pixels / 1e6:.1f} MP"
+    results = []
+    for repeat in range(1, repeats + 1):
+        for kind, (body, what) in bodies.items():
+            idle = asyncio.run(fairness.measure(port, shorts, None, 120))
+            loaded = asyncio.run(fairness.measure(port, shorts, body, 120))
+            results.append((repeat, kind, what, idle, loaded))
     return results
 
 
@@ -710,12 +739,14 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render(rows, fair, tag: TagResult | None, errors_500: int, metrics_500: float, bundle_text: str, quick: bool,
+def render(rows, fair, tag: TagResult | None, baseline: dict, errors_500: int, metrics_500: float, bundle_text: str, quick: bool,
            seconds: float, server_options: str) -> str:  # fmt: skip
     within = [r for r in rows if r.case.within_body_limit]
     worst = max(within, key=lambda r: r.healthz_ms)
     unexpected = [r for r in rows if not r.met]
-    ratios = [(kind, loaded.p(99) / idle.p(99)) for kind, _, idle, loaded in fair]
+    ratios: dict[str, list[float]] = {}
+    for _, kind, _, idle, loaded in fair:
+        ratios.setdefault(kind, []).append(loaded.p(99) / idle.p(99))
     load = os.getloadavg()
     lines = [
         "# mner-serve and mner-tag under hostile and heavy input",
@@ -726,7 +757,7 @@ def render(rows, fair, tag: TagResult | None, errors_500: int, metrics_500: floa
         f"python -m mner.benchmarks.robustness --engine BUNDLE --out benchmarks/results/robustness.md{' --quick' if quick else ''}",
         "```",
         "",
-        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {seconds:.0f} s in all, on:",
+        f"Run finished {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {seconds:.0f} s in all, on:",
         "",
         f"- CPU: {os.cpu_count()} logical cores **shared with other work** (a training run and other test suites; load "
         f"average {load[0]:.1f} at the end of the run): every latency below is an upper bound of what an idle machine gives",
@@ -735,7 +766,10 @@ def render(rows, fair, tag: TagResult | None, errors_500: int, metrics_500: floa
         f"- Server: `mner-serve --engine BUNDLE --port <free> {server_options}` on 127.0.0.1 (default limits; "
         "short connection timeouts so that the timeout classes finish within seconds)",
         "- /healthz probed every ~10 ms on its own keep-alive connection from a thread while each input is in flight; "
-        "the column is the slowest probe from just before the input was sent to just after its answer",
+        "the column is the slowest probe from just before the input was sent to just after its answer (bodies are built "
+        "before, so that building them does not count)",
+        f"- Baseline: the slowest /healthz over {BASELINE_S:.0f} s with nothing in flight was "
+        f"**{baseline.get('ms', float('nan')):.1f} ms** ({baseline.get('probes', 0)} probes): the machine's noise floor",
         "",
         "## Headline",
         "",
@@ -744,9 +778,11 @@ def render(rows, fair, tag: TagResult | None, errors_500: int, metrics_500: floa
         f"| slowest /healthz while a hostile input within the body limit is in flight < {HEALTHZ_TARGET_MS:.0f} ms | "
         f"{worst.healthz_ms:.1f} ms ({_cell(worst.case.name)}) | {'yes' if worst.healthz_ms < HEALTHZ_TARGET_MS else '**no**'} |",
     ]
-    for kind, ratio in ratios:
+    for kind, values in ratios.items():
+        median = float(np.median(values))
+        each = f" (repeats: {', '.join(f'{v:.1f}x' for v in values)})" if len(values) > 1 else ""
         lines.append(f"| short request's p99 with the largest legal {kind} request in flight <= {RATIO_TARGET:.0f}x idle | "
-                     f"{ratio:.1f}x | {'yes' if ratio <= RATIO_TARGET else '**no**'} |")  # fmt: skip
+                     f"{'median ' if len(values) > 1 else ''}{median:.1f}x{each} | {'yes' if median <= RATIO_TARGET else '**no**'} |")  # fmt: skip
     if not ratios:
         lines.append("| short request's p99 loaded vs idle <= 5x | not measured | - |")
     lines.append(f"| 500s (replies seen / server's mner_requests_total{{status=\"500\"}}) = 0 | {errors_500} / {metrics_500:.0f} | "
@@ -757,7 +793,7 @@ def render(rows, fair, tag: TagResult | None, errors_500: int, metrics_500: floa
             f"| mner-tag runs aborted by a line = 0 | {aborted} (exit {tag.exit_code}, traceback: {'yes' if tag.traceback else 'no'}; "
             f"{tag.records} records for {tag.lines} lines) | {'yes' if aborted == 0 and tag.records == tag.lines else '**no**'} |",
             f"| files read outside --images = 0 | {len(tag.secret_opens)} planted files outside --images opened | "
-            f"{'yes' if not tag.secret_opens else '**no**'} |",
+            f"{'yes' if not tag.secret_opens and not tag.quoted else '**no**'} |",
         ]  # fmt: skip
     else:
         lines.append("| mner-tag runs aborted by a line = 0; files read outside --images = 0 | not measured | - |")
@@ -784,13 +820,13 @@ def render(rows, fair, tag: TagResult | None, errors_500: int, metrics_500: floa
         lines += ["Measured by `benchmarks/fairness.py`'s `measure` (one client sends short POST /v1/tag requests one after "
                   "another, idle, then while a second client sends the largest legal request back to back); "
                   "`python -m mner.benchmarks.fairness` repeats it (benchmarks/results/fairness.md).", "",
-                  "| largest legal request | idle p50 ms | idle p99 ms | loaded p50 ms | loaded p99 ms | p99 ratio | largest sent | statuses |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        for kind, what, idle, loaded in fair:
+                  "| repeat | largest legal request | idle p50 ms | idle p99 ms | loaded p50 ms | loaded p99 ms | p99 ratio | largest sent | statuses |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for repeat, kind, what, idle, loaded in fair:
             statuses = dict(idle.statuses)
             for status, n in loaded.statuses.items():
                 statuses[status] = statuses.get(status, 0) + n
-            lines.append(f"| {kind}: {what} | {idle.p(50):.1f} | {idle.p(99):.1f} | {loaded.p(50):.1f} | {loaded.p(99):.1f} | "
+            lines.append(f"| {repeat} | {kind}: {what} | {idle.p(50):.1f} | {idle.p(99):.1f} | {loaded.p(50):.1f} | {loaded.p(99):.1f} | "
                          f"**{loaded.p(99) / idle.p(99):.1f}x** | {len(loaded.large_s)} | {statuses} |")  # fmt: skip
     else:
         lines.append("Not measured in this run.")
@@ -808,7 +844,8 @@ def render(rows, fair, tag: TagResult | None, errors_500: int, metrics_500: floa
             "",
             f"- exit code {tag.exit_code}, traceback: {'yes' if tag.traceback else 'no'}, {tag.seconds:.1f} s; "
             f"**{tag.records} records for {tag.lines} lines**, {len(tag.errors)} of them errors",
-            f"- planted files outside --images opened: **{len(tag.secret_opens)}** {tag.secret_opens or ''}",
+            f"- planted files outside --images opened: **{len(tag.secret_opens)}** {tag.secret_opens or ''}; output records "
+            f"quoting a planted file's or the non-picture's bytes: **{tag.quoted}**",
             f"- other paths opened outside the input, output, bundle, --images and the Python installation: "
             f"{len(tag.outside_opens)} {tag.outside_opens[:10] or ''}",
             *(f"- disk error, {what}: exit {code} (expected non-zero; not counted as aborted by a line), traceback: "
@@ -818,6 +855,23 @@ def render(rows, fair, tag: TagResult | None, errors_500: int, metrics_500: floa
             "",
             *(f"- {_cell(e[:220])}" for e in tag.errors),
         ]
+    lines += [
+        "",
+        "## How to read it",
+        "",
+        "- The /healthz column covers the whole time a class was in flight: a class answered in a few milliseconds "
+        "sees few probes (the `probes` column), and its figure is the probe that overlapped it; the classes that "
+        "take seconds by design (slow headers, a body that stops, an idle keep-alive connection, 136 connections) "
+        "were probed ~100-300 times each.",
+        "- `expected` lists every answer the issue allows where it allows more than one (a GIF, a data: URL, a "
+        "chunked body or a BOM may be accepted; a 36-MP PNG may be tagged or refused by the bundle's per-picture "
+        "limit); `as expected` says whether the answer was one of them. A 500 is never expected.",
+        "- Request heads are bounded by uvicorn's h11 buffer (`h11_max_incomplete_event_size`): a 100 KB header is "
+        "read, an 8 MB one answered 400 and closed; the header timeout bounds how long a head may take.",
+        "- The mner-tag run is in-process (`tag_command.main(..., standalone_mode=False)`) so that a Python audit hook "
+        "sees every `open`/`os.open`; files opened by native code (onnxruntime reading its graphs) are not seen, "
+        "which is why the planted files are pictures and text a Python reader would open.",
+    ]
     if unexpected:
         lines += ["", "## Classes not answered as expected", ""]
         lines += [f"- {r.case.group} / {_cell(r.case.name)}: expected {_cell(r.case.expected)}, observed "
@@ -834,7 +888,9 @@ def render(rows, fair, tag: TagResult | None, errors_500: int, metrics_500: floa
 @click.option("--only", "only", multiple=True, help="Run only the classes whose name contains this (repeatable).")
 @click.option("--no-tag", is_flag=True, help="Skip the mner-tag part.")
 @click.option("--no-fairness", is_flag=True, help="Skip the p99 measurement.")
-def main(bundle, output, quick, only, no_tag, no_fairness) -> None:
+@click.option("--repeats", type=click.IntRange(1, 10), default=3, show_default=True,
+              help="Of the p99 measurement (1 with --quick); the headline is their median: the machine's load moves each.")
+def main(bundle, output, quick, only, no_tag, no_fairness, repeats) -> None:
     """Every hostile input class against a real mner-serve on 127.0.0.1, and mner-tag on every bad line class."""
     started = time.perf_counter()
     config = ServeConfig()
@@ -845,7 +901,10 @@ def main(bundle, output, quick, only, no_tag, no_fairness) -> None:
             bundle = build_bundle(work / "build")
             bundle_text = "a random tiny tagger-only bundle built by the script (no --engine)"
         else:
-            bundle_text = f"`{bundle}`"
+            from mner.runtime.bundle import Bundle  # noqa: PLC0415
+
+            opened = Bundle.open(bundle, verify=False)
+            bundle_text = f"`{bundle}` (stages: {', '.join(sorted(opened.stages))})"
         cases = build_cases(config)
         if quick:
             cases = [c for c in cases if not any(s in c.name for s in QUICK_SKIP)]
@@ -853,22 +912,23 @@ def main(bundle, output, quick, only, no_tag, no_fairness) -> None:
             cases = [c for c in cases if any(s in c.name for s in only)]
         port = free_port()
         server = start_server(bundle, port, *SERVER_OPTIONS, stderr=subprocess.DEVNULL)
-        fair = []
+        fair, baseline = [], {}
         try:
             asyncio.run(request(port, "POST", "/v1/tag", post_body(SHORT_TEXT)))  # warm
-            rows = run_cases(port, cases, log=lambda line: click.echo(line, err=True))
+            rows = run_cases(port, cases, baseline, log=lambda line: click.echo(line, err=True))
             if not no_fairness:
-                fair = fairness_ratio(bundle, port, config, 50 if quick else 200, ("text",) if quick else ("text", "pictures"))
-                for kind, _, idle, loaded in fair:
+                fair = fairness_ratio(bundle, port, config, 50 if quick else 200, ("text",) if quick else ("text", "pictures"),
+                                      1 if quick else repeats)  # fmt: skip
+                for _, kind, _, idle, loaded in fair:
                     click.echo(f"p99 {kind}: idle {idle.p(99):.1f} ms, loaded {loaded.p(99):.1f} ms", err=True)
             metrics = scrape(port)
         finally:
             stop_server(server)
         metrics_500 = sum(v for k, v in metrics.items() if k.startswith("mner_requests_total") and 'status="500"' in k)
         errors_500 = sum(r.observed.status == 500 for r in rows)
-        errors_500 += sum(f.statuses.get(500, 0) for _, _, a, b in fair for f in (a, b))
+        errors_500 += sum(f.statuses.get(500, 0) for *_, a, b in fair for f in (a, b))
         tag = None if no_tag else run_tag(bundle, work / "tag")
-    text = render(rows, fair, tag, errors_500, metrics_500, bundle_text, quick, time.perf_counter() - started,
+    text = render(rows, fair, tag, baseline, errors_500, metrics_500, bundle_text, quick, time.perf_counter() - started,
                   " ".join(SERVER_OPTIONS))  # fmt: skip
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text, encoding="utf-8")
