@@ -173,13 +173,7 @@ def decode_words(
     """
     if decoding not in DECODINGS:
         raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
-    emissions = np.ascontiguousarray(emissions, dtype=np.float32)
-    roles = np.asarray(roles)
-    if emissions.ndim != 3 or emissions.shape[2] != scheme.num_tags:
-        raise ValueError(f"emissions must be (B, L, {scheme.num_tags}) for the tags {scheme.tags}, got {emissions.shape}")
-    if roles.shape != emissions.shape[:2]:
-        raise ValueError(f"roles must be {emissions.shape[:2]} like the emissions' (B, L), got {roles.shape}")
-    _check_roles(roles)
+    emissions, roles = _checked(emissions, roles, scheme)
     marginals = None
     if decoding == "reference":
         tags, _ = viterbi_decode(emissions, lengths, crf.start, crf.end, crf.transitions)
@@ -200,10 +194,8 @@ def decode_words(
     return DecodedBatch(word_tags=word_tags, word_scores=word_scores)
 
 
-def constrained_marginals(
-    emissions: np.ndarray, lengths: np.ndarray, roles: np.ndarray, scheme: TagScheme, crf: CRFParameters
-) -> np.ndarray:
-    """(B, L, T) posterior of every tag at every position over the paths ``"constrained"`` decodes from."""
+def _checked(emissions: np.ndarray, roles: np.ndarray, scheme: TagScheme) -> tuple[np.ndarray, np.ndarray]:
+    """(emissions as contiguous float32 (B, L, T), roles (B, L)), or ValueError saying what does not fit."""
     emissions = np.ascontiguousarray(emissions, dtype=np.float32)
     roles = np.asarray(roles)
     if emissions.ndim != 3 or emissions.shape[2] != scheme.num_tags:
@@ -211,6 +203,14 @@ def constrained_marginals(
     if roles.shape != emissions.shape[:2]:
         raise ValueError(f"roles must be {emissions.shape[:2]} like the emissions' (B, L), got {roles.shape}")
     _check_roles(roles)
+    return emissions, roles
+
+
+def constrained_marginals(
+    emissions: np.ndarray, lengths: np.ndarray, roles: np.ndarray, scheme: TagScheme, crf: CRFParameters
+) -> np.ndarray:
+    """(B, L, T) posterior of every tag at every position over the paths ``"constrained"`` decodes from."""
+    emissions, roles = _checked(emissions, roles, scheme)
     return crf.bio_lattice(scheme).marginals(emissions, lengths, roles)
 
 
