@@ -1,4 +1,4 @@
-"""A real bundle, exported once for this module, through the runtime: reader, parity, torch-free, mner-tag.
+"""A real bundle, exported once per test session, through the runtime: reader, parity, torch-free, mner-tag.
 
 The bundle is written by the export library from a tiny random checkpoint. Its vision
 and detector stages are small stand-ins with the interfaces of GridEncoder and
@@ -109,26 +109,40 @@ def sharpen(path: Path) -> None:
     save_checkpoint(path, model, checkpoint.scheme, checkpoint.text_encoder, **checkpoint.payload)
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def stand_in_encoders(patch: pytest.MonkeyPatch) -> None:
+    """Put TinyGrid and TinyDetector where export and the torch backend build the real encoders."""
     from mner.export import detector as export_detector  # noqa: PLC0415
     from mner.export import vision as export_vision  # noqa: PLC0415
-    from mner.export.pipeline import export_bundle  # noqa: PLC0415
-    from mner.export.random_checkpoint import make_random_checkpoint  # noqa: PLC0415
     from mner.train import vision as train_vision  # noqa: PLC0415
 
-    root = tmp_path_factory.mktemp("exported")
+    for module in (export_vision, train_vision):
+        patch.setattr(module, "GridEncoder", TinyGrid)
+    for module in (export_detector, train_vision):
+        patch.setattr(module, "ObjectDetector", TinyDetector)
+
+
+def export_tiny_bundle(root: Path) -> SimpleNamespace:
+    """The tiny bundle (all three stages) under ``root``: exported once per test session (conftest.py)."""
+    from mner.export.pipeline import export_bundle  # noqa: PLC0415
+    from mner.export.random_checkpoint import make_random_checkpoint  # noqa: PLC0415
+
     train = DATA / "train.txt"
     words = [w for post in read_conll(train) for w in post.words] if train.is_file() else None
     with pytest.MonkeyPatch.context() as patch:
-        for module in (export_vision, train_vision):
-            patch.setattr(module, "GridEncoder", TinyGrid)
-        for module in (export_detector, train_vision):
-            patch.setattr(module, "ObjectDetector", TinyDetector)
+        stand_in_encoders(patch)
         checkpoint = make_random_checkpoint(root / "best.pt", preset="tiny", seed=0, words=words, **SMALL)
         sharpen(checkpoint)
         result = export_bundle(ckpt=checkpoint, out=root / "bundle", vision_arch="resnet50", detector_size=128, seed=0)
-        yield SimpleNamespace(bundle=result.path, checkpoint=checkpoint, root=root)
+    return SimpleNamespace(bundle=result.path, checkpoint=checkpoint, root=root)
+
+
+@pytest.fixture(scope="module")
+def exported(exported_once):
+    """The session's tiny bundle; the stand-in encoders stay patched in while the module runs
+    (the torch backend rebuilds them). Tests copy the bundle before changing it."""
+    with pytest.MonkeyPatch.context() as patch:
+        stand_in_encoders(patch)
+        yield exported_once
 
 
 @pytest.fixture(scope="module")
