@@ -161,7 +161,7 @@ def free_port() -> int:
 
 def start_server(bundle: str | os.PathLike, port: int, *options: str, stderr=subprocess.PIPE) -> subprocess.Popen:
     """mner-serve in a child process (same interpreter and environment), returned once /readyz says ready."""
-    command = [sys.executable, "-c", "from mner.runtime.cli import serve_command; serve_command()",
+    command = [sys.executable, "-c", "from mner.runtime.serve_cli import serve_command; serve_command()",
                "--engine", str(bundle), "--port", str(port), *options]  # fmt: skip
     process = subprocess.Popen(command, env=dict(os.environ), stderr=stderr, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 60

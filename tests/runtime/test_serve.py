@@ -238,7 +238,7 @@ def test_serve_config_refuses_nonsense():
 
 
 def test_cli_refuses_a_directory_that_is_not_a_bundle(tmp_path):
-    from mner.runtime.cli import serve_command  # noqa: PLC0415
+    from mner.runtime.serve_cli import serve_command  # noqa: PLC0415
 
     result = CliRunner().invoke(serve_command, ["--engine", str(tmp_path), "--port", "0"])
     assert result.exit_code != 0 and "manifest.json is missing" in result.output
