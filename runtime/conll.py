@@ -47,6 +47,29 @@ class ConllPost:
     line: int = field(default=0, compare=False)
 
 
+SPLIT_FILES = {"train": "train.txt", "valid": "valid.txt", "test": "test.txt"}  # a TWITTER-format data folder
+
+
+def data_file(data: str | Path, split: str = "test") -> Path:
+    """The CoNLL file ``--data`` means: ``data`` itself when it is a file, else ``<data>/<split>.txt``.
+
+    One meaning of ``--data`` on every command: TWITTER-format data, a folder holding
+    train.txt, valid.txt and test.txt, or one such file (then ``split`` is not used).
+    """
+    if split not in SPLIT_FILES:
+        raise ValueError(f"split must be one of {', '.join(SPLIT_FILES)}; got {split!r}")
+    path = Path(data)
+    if path.is_dir():
+        chosen = path / SPLIT_FILES[split]
+        if not chosen.is_file():
+            raise ValueError(f"--data {path} is a folder without {SPLIT_FILES[split]} (the {split} split); "
+                             f"give a folder with train.txt, valid.txt and test.txt, or one CoNLL file")  # fmt: skip
+        return chosen
+    if not path.is_file():
+        raise ValueError(f"--data {path}: no such file or folder")
+    return path
+
+
 def read_conll(path: str | Path) -> list[ConllPost]:
     """Every post of a CoNLL file; raises ValueError naming the file and line of a malformed line."""
     path = Path(path)

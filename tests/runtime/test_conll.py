@@ -75,3 +75,20 @@ def test_entity_types_and_the_label_set_check():
     message = str(error.value)
     assert "data.txt has entity types ['OTHER', 'PER']" in message
     assert "bundle b/ knows ['LOC', 'MISC', 'ORG', 'PER']" in message and "['OTHER'] could never be predicted" in message
+
+
+def test_data_file_is_the_file_or_the_split_of_a_folder(tmp_path):
+    from mner.runtime.conll import data_file  # noqa: PLC0415
+
+    for name in ("train.txt", "valid.txt", "test.txt"):
+        (tmp_path / name).write_text("a\tO\n", encoding="utf-8")
+    assert data_file(tmp_path) == tmp_path / "test.txt"
+    assert data_file(tmp_path, "valid") == tmp_path / "valid.txt"
+    assert data_file(tmp_path / "train.txt", "valid") == tmp_path / "train.txt"
+    with pytest.raises(ValueError, match="split must be one of"):
+        data_file(tmp_path, "dev")
+    with pytest.raises(ValueError, match="no such file or folder"):
+        data_file(tmp_path / "missing.txt")
+    (tmp_path / "test.txt").unlink()
+    with pytest.raises(ValueError, match="without test.txt"):
+        data_file(tmp_path)
