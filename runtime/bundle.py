@@ -14,6 +14,11 @@ without importing export/ or torch. ``Bundle.open`` refuses a bundle, with a
 
 and ``Bundle.engine_for`` refuses TensorRT engines built for another GPU or another
 TensorRT version, listing what the bundle has and what this machine is.
+
+Hashing every file is what makes a start slow (about a second per 300 MB), so a bundle
+that passed is remembered in a verification cache (``VerificationCache``): a file whose
+size, mtime, ctime, inode and device are what they were when its sha256 matched is not
+hashed again. ``verify=False`` (``--no-verify``) skips hashing altogether.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -132,14 +139,27 @@ class Bundle:
     engines: dict[str, EngineInfo]
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, verify: bool = True) -> Bundle:
-        """Read and check a bundle; ``verify=False`` skips hashing the files (not their presence)."""
+    def open(cls, path: str | os.PathLike, *, verify: bool = True,
+             verify_cache: bool | str | os.PathLike = True) -> Bundle:  # fmt: skip
+        """Read and check a bundle.
+
+        ``verify=False`` skips hashing the files (not their presence, sizes or the manifest's
+        checks): for a bundle you trust. ``verify_cache``: True remembers verified files in
+        the user's cache (``verification_cache_dir()``), so a bundle that passed is not hashed
+        again while its files keep their size, mtime, ctime, inode and device (see
+        ``VerificationCache`` for what that does and does not catch); False hashes every
+        file on every open; a path is the cache folder to use.
+        """
         path = Path(path)
         if not path.is_dir():
             raise BundleError(f"{path} is not a bundle directory (it {'is a file' if path.exists() else 'does not exist'}); "
                               "pass the directory mner-export wrote")  # fmt: skip
         manifest = read_manifest(path)
-        check_files(path, manifest, hashes=verify)
+        cache = None
+        if verify and verify_cache is not False:
+            folder = verification_cache_dir() if verify_cache is True else Path(verify_cache)
+            cache = VerificationCache.load(folder, path) if folder is not None else None
+        check_files(path, manifest, hashes=verify, cache=cache)
         where = path / MANIFEST_NAME
         try:
             scheme = TagScheme.from_json(_require(manifest, "tags", dict, where))
@@ -322,12 +342,18 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_files(bundle: Path, manifest: dict[str, Any], hashes: bool = True) -> None:
-    """Every listed file present with its size (and sha256), and no unlisted file; names each one that fails."""
+def check_files(bundle: Path, manifest: dict[str, Any], hashes: bool = True,
+                cache: VerificationCache | None = None) -> None:  # fmt: skip
+    """Every listed file present with its size (and sha256), and no unlisted file; names each one that fails.
+
+    With a ``cache``, a file it vouches for is not hashed; when every file passed, the
+    files hashed now are added to it.
+    """
     listed = manifest.get("files")
     if not isinstance(listed, dict) or not listed:
         raise BundleError(f"{bundle / MANIFEST_NAME} has no 'files' table; re-export the bundle")
     problems = []
+    hashed = reused = 0
     for name, entry in sorted(listed.items()):
         if not _is_inside(name):
             problems.append(f"{name}: not a relative path inside the bundle")
@@ -336,13 +362,21 @@ def check_files(bundle: Path, manifest: dict[str, Any], hashes: bool = True) -> 
         if not path.is_file():
             problems.append(f"{name}: missing")
             continue
-        size = path.stat().st_size
+        before = path.stat()
+        size = before.st_size
         if not isinstance(entry, dict) or size != entry.get("bytes"):
             problems.append(f"{name}: {size} bytes, the manifest says {entry.get('bytes') if isinstance(entry, dict) else entry!r}")
         elif hashes:
+            expected = entry.get("sha256")
+            if cache is not None and cache.vouches(name, before, expected):
+                reused += 1
+                continue
             digest = sha256_file(path)
-            if digest != entry.get("sha256"):
-                problems.append(f"{name}: sha256 {digest}, the manifest says {entry.get('sha256')}")
+            hashed += 1
+            if digest != expected:
+                problems.append(f"{name}: sha256 {digest}, the manifest says {expected}")
+            elif cache is not None:
+                cache.record(name, before, path.stat(), digest)
     on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} - {MANIFEST_NAME}
     problems += [f"{name}: not listed in the manifest" for name in sorted(on_disk - set(listed))]
     if problems:
@@ -351,6 +385,150 @@ def check_files(bundle: Path, manifest: dict[str, Any], hashes: bool = True) -> 
             + "\n  ".join(problems)
             + "\nThe bundle was changed or copied incompletely: copy it again, or re-export it."
         )
+    if hashes:
+        logger.debug("%s: %d files hashed, %d vouched for by the verification cache", bundle, hashed, reused)
+    if cache is not None and hashed:
+        cache.save(listed)
+
+
+# --------------------------------------------------------------------------- verification cache
+
+CACHE_ENV = "MNER_CACHE_DIR"
+CACHE_FORMAT = 1  # of a cache file; a file of another format is ignored (and rewritten)
+# A file changed again within the file system's timestamp granularity after it was hashed
+# could keep its mtime and ctime (git's "racy clean" problem); a file whose mtime or ctime
+# is this recent when it is hashed is therefore not remembered, only hashed again next time.
+# 2 s covers the coarsest common granularity (FAT); Linux file systems tick in milliseconds.
+RACY_SECONDS = 2.0
+
+
+def verification_cache_dir() -> Path | None:
+    """Where verified bundles are remembered: ``$MNER_CACHE_DIR``, else ``$XDG_CACHE_HOME/mner``, else ``~/.cache/mner``.
+
+    Why the user's cache and not the bundle: a bundle is often read-only (an image layer, a
+    shared mount), and a file inside it would be a file its manifest does not list. Why per
+    user: a cache is only as trustworthy as whoever can write it, and a user can always
+    write their own. ``MNER_CACHE_DIR`` set but empty turns the cache off (every open
+    hashes every file), for deployments that want the full check on each start.
+    """
+    override = os.environ.get(CACHE_ENV)
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    try:
+        if override is not None:
+            return Path(override).expanduser() if override.strip() else None
+        if xdg and os.path.isabs(xdg):  # the XDG spec: a relative value is invalid and is ignored
+            return Path(xdg) / "mner"
+        return Path.home() / ".cache" / "mner"
+    except RuntimeError:  # no home directory to expand (HOME unset, no passwd entry): no cache
+        return None
+
+
+def _identity(stat: os.stat_result) -> dict[str, int]:
+    """What must not have changed for a file to be the one that was hashed.
+
+    mtime alone can be set back by anyone (``touch -d``, ``cp -p``, ``rsync -t``); ctime
+    cannot: the kernel sets it to now on every write and on every mtime change, so an edit
+    that restores the mtime still shows. inode and device: another file put in its place.
+    """
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns,
+            "inode": stat.st_ino, "device": stat.st_dev}  # fmt: skip
+
+
+class VerificationCache:
+    """The files of one bundle whose sha256 was checked, by their file system identity.
+
+    One JSON file per bundle directory (named by a hash of its resolved path) under
+    ``<cache dir>/verified/``. A file is vouched for when its size, mtime_ns, ctime_ns,
+    inode and device are those recorded when it hashed to the sha256 the manifest now
+    lists; any difference (an edit, a ``touch``, a copy, a re-export, another manifest)
+    means it is hashed again, and a mismatch fails as without the cache.
+
+    What it cannot see: a change that keeps all five, i.e. bytes rewritten without the
+    kernel noticing (a raw write to the block device, a file system that does not keep
+    ctime, the clock set back to the instant of the last change), or an edit of the cache
+    file itself. So the cache guards against accidents (an interrupted copy, an edited or
+    re-exported file), not against someone who can write your disk or your cache -- the
+    same trust ``--no-verify`` places in the bundle outright. To force a full check,
+    delete ``<cache dir>/verified`` or set ``MNER_CACHE_DIR=`` (empty).
+
+    Never an error: a missing, unreadable or corrupt cache is an empty one, and a cache
+    that cannot be written is left as it was (the next open hashes again).
+    """
+
+    def __init__(self, folder: Path, bundle: Path, files: dict[str, dict[str, Any]] | None = None) -> None:
+        self.bundle = bundle.resolve()
+        self.file = folder / "verified" / (hashlib.sha256(str(self.bundle).encode()).hexdigest()[:32] + ".json")
+        self.files = files or {}
+        self.changed = False
+
+    @classmethod
+    def load(cls, folder: Path, bundle: Path) -> VerificationCache:
+        cache = cls(folder, bundle)
+        try:
+            saved = json.loads(cache.file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):  # none yet, unreadable, or not JSON
+            return cache
+        if (isinstance(saved, dict) and saved.get("format") == CACHE_FORMAT and saved.get("bundle") == str(cache.bundle)
+                and isinstance(saved.get("files"), dict)):  # fmt: skip
+            cache.files = {name: entry for name, entry in saved["files"].items() if isinstance(entry, dict)}
+        return cache
+
+    def vouches(self, name: str, stat: os.stat_result, sha256: Any) -> bool:
+        """Whether ``name`` (now ``stat``) was hashed to ``sha256`` and has not changed since."""
+        entry = self.files.get(name)
+        return entry is not None and isinstance(sha256, str) and entry == {**_identity(stat), "sha256": sha256}
+
+    def record(self, name: str, before: os.stat_result, after: os.stat_result, sha256: str) -> None:
+        """Remember that ``name`` hashed to ``sha256``, unless it changed while it was read or too recently."""
+        recent = time.time() - RACY_SECONDS
+        if _identity(before) != _identity(after) or max(after.st_mtime_ns, after.st_ctime_ns) / 1e9 > recent:
+            self.files.pop(name, None)
+            return
+        self.files[name] = {**_identity(after), "sha256": sha256}
+        self.changed = True
+
+    def save(self, names: Iterable[str] | None = None) -> None:
+        """Write the cache file (atomically: concurrent starts each write a whole file); failures are logged only.
+
+        ``names``: the files the manifest lists now; entries of any other file are dropped.
+        """
+        if names is not None:
+            listed = set(names)
+            self.files = {name: entry for name, entry in self.files.items() if name in listed}
+        if not self.changed:
+            return
+        text = json.dumps({"format": CACHE_FORMAT, "bundle": str(self.bundle), "files": self.files}, indent=1)
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            # A name that the "*.json" sweep below never matches: another process may be mid-write.
+            descriptor, temporary = tempfile.mkstemp(dir=self.file.parent, prefix=f".{self.file.stem}.", suffix=".tmp")
+            try:
+                with os.fdopen(descriptor, "w", encoding="utf-8") as f:
+                    f.write(text)
+                os.replace(temporary, self.file)
+            except BaseException:
+                os.unlink(temporary)
+                raise
+        except OSError as error:  # read-only home, full disk, no permission: hash again next time
+            logger.debug("bundle verification cache %s not written: %s", self.file, error)
+            return
+        self._forget_gone_bundles()
+
+    def _forget_gone_bundles(self) -> None:
+        """Delete the entries of bundles no longer on disk, so the cache holds only live bundles."""
+        for other in self.file.parent.glob("*.json"):
+            if other == self.file:
+                continue
+            try:
+                bundle = json.loads(other.read_text(encoding="utf-8")).get("bundle")
+                gone = not isinstance(bundle, str) or not (Path(bundle) / MANIFEST_NAME).is_file()
+            except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+                gone = True  # corrupt: of no use to anyone
+            if gone:
+                try:
+                    other.unlink()
+                except OSError:
+                    pass
 
 
 def _is_inside(name: str) -> bool:
