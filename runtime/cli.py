@@ -1,90 +1,215 @@
-"""Console entry point of the runtime: mner-tag (mner-serve's is runtime.serve_cli)."""
+"""Console entry point of the runtime: mner-tag (mner-serve's is runtime.serve_cli).
+
+``mner-tag --engine BUNDLE --input posts.jsonl --output tagged.jsonl``: one JSONL record per
+input line (``runtime.tagfile`` says what a record holds and how a run resumes). ``-`` is
+stdin for ``--input`` and stdout for ``--output`` (stdout is never resumed and gets no
+sidecar; the summary and progress always go to stderr, so stdout holds records only).
+
+Exit status (also in ``mner-tag --help``):
+
+- 0: the run finished and every record of the output is tagged;
+- 1: the run failed (the bundle, the input or the output could not be used, a write failed,
+  or the pipeline failed on a whole batch): what was written is complete; run again to resume;
+- 2: a usage error (click's: an unknown option, a missing --engine, --input and --conll together);
+- 3: the run finished, and the output holds error records (this run's, or an earlier run's
+  for a resumed file): every line has its record, and some of them say why a line was not tagged.
+
+Which bundle and options wrote an output: ``<output>.meta.json`` (``tagfile.Provenance``); a
+resume with another bundle, or with options that change records, is refused naming both, and
+an output with records but no such file (an older mner-tag's) is refused as of unknown origin.
+
+Imports click and the cheap command-line kit only at the top, so ``mner-tag --help`` answers
+fast; the pipeline (numpy, OpenCV, ONNX Runtime) is imported when the command runs.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 from pathlib import Path
 
 import click
 
-from mner.runtime.conll import format_report
-from mner.runtime.pipeline import BAD_IMAGE_POLICIES, DEFAULT_BATCH_SIZE, Pipeline
-from mner.runtime.runners import BACKENDS
-from mner.runtime.serve_batcher import ServeConfig
-from mner.runtime.tagfile import tag_conll, tag_jsonl
+from mner.runtime import clikit
+
+# The library's values, written out so that --help needs no pipeline import (tests/runtime/test_tag_cli_io.py
+# checks that they equal pipeline.BAD_IMAGE_POLICIES / DEFAULT_BATCH_SIZE, runners.BACKENDS and tagfile's limits).
+BACKENDS = ("ort", "trt", "torch")
+BAD_IMAGE_POLICIES = ("error", "text-only")
+DEFAULT_BATCH_SIZE = 16
+MAX_TEXT_CHARS = 10_000
+MAX_LINE_BYTES = 16 << 20
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # click.ClickException's status
+EXIT_USAGE = 2  # click.UsageError's status
+EXIT_ERROR_RECORDS = 3
+
+STDIO = "-"
 
 _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 _EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
+EPILOG = f"""\b
+Exit status:
+  {EXIT_OK}  every record of the output is tagged
+  {EXIT_FAILED}  the run failed (bundle, input or output unusable, a write failed, the
+     pipeline failed on a whole batch); the records written are complete:
+     run again to resume
+  {EXIT_USAGE}  usage error
+  {EXIT_ERROR_RECORDS}  the run finished and the output holds error records (this run's
+     or, resuming, an earlier run's): every line has its record, some say
+     why the line was not tagged (grep '"error"' OUTPUT)
 
-@click.command()
-@click.option("--engine", "bundle", required=True, type=_EXISTING_DIR, help="Bundle directory written by mner-export.")
-@click.option("--input", "input_path", type=_EXISTING_FILE,
-              help='JSONL posts: {"id", "text", "image" | "image_base64"} per line; image is a path to a file under '
-                   "--images (no extension: tried as is, then .jpg), image_base64 the picture inline; or neither.")
-@click.option("--conll", "conll_path", type=_EXISTING_FILE,
-              help="A CoNLL + IMGID file instead of --input: tags it and reports P/R/F1 against its tags.")
-@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="JSONL, one record per input line. An existing file is resumed: lines it has are skipped.")
-@click.option("--images", type=_EXISTING_DIR,
-              help="Directory image paths are relative to (--conll: holds <IMGID>.jpg); no picture is read from "
-                   "outside it (symlinks and .. are resolved). Default: the input's directory; with --conll and no "
-                   "--images, posts are tagged without pictures.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="ort", show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="ort: cpu (default) or cuda (onnxruntime-gpu).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="ort only: which graphs of the bundle to run.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
-@click.option("--on-bad-image", type=click.Choice(BAD_IMAGE_POLICIES),
-              help="A picture that cannot be used: an error record, or tag the text alone. "
-                   "Default: error for --input, text-only for --conll.")
-@click.option("--checkpoint", type=_EXISTING_FILE, help="--backend torch: the best.pt the bundle was exported from.")
-@click.option("--resnet-weights", type=_EXISTING_FILE, help="--backend torch: the vision weights file, if the bundle used one.")
-@click.option("--detector-weights", type=_EXISTING_FILE, help="--backend torch: the detector weights file, if the bundle used one.")
-@click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="--conll: also write the scores as JSON here.")
-@click.option("--max-text-chars", type=click.IntRange(min=1), default=ServeConfig.max_text_chars, show_default=True,
-              help="A post whose text is longer gets an error record (mner-serve's limit).")
-@click.option("--max-line-bytes", type=click.IntRange(min=1), default=ServeConfig.max_body_bytes, show_default=True,
-              help="--input: a longer line gets an error record and is skipped unread (mner-serve's body limit).")
-@click.option("--progress/--no-progress", default=True, show_default=True)
-def tag_command(bundle, input_path, conll_path, output, images, backend, device, precision, batch_size, on_bad_image,
-                checkpoint, resnet_weights, detector_weights, metrics_path, max_text_chars, max_line_bytes,
-                progress) -> None:  # fmt: skip
+Resuming: run again with the same --output and only the lines without a record are tagged. OUTPUT.meta.json
+names the bundle that wrote OUTPUT (the sha256 of its manifest.json, which lists every file's sha256) and the
+options that change records (--backend, --precision, --on-bad-image, --with-text, --max-text-chars,
+--max-line-bytes, --input or --conll); a resume with another bundle or other such options is refused, naming
+both. An OUTPUT with records but no OUTPUT.meta.json (an older mner-tag's) is refused as of unknown origin:
+start a new one. Move OUTPUT.meta.json along with OUTPUT.
+
+\b
+Streams: --input - reads stdin (image paths under the current directory
+unless --images is given); --output - writes stdout, which is never resumed
+and gets no .meta.json; the summary and progress go to stderr.
+"""
+
+
+@clikit.command(epilog=EPILOG)
+@clikit.option("--engine", "bundle", required=True, type=_EXISTING_DIR, help="Bundle directory written by mner-export.")
+@clikit.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+               help='JSONL posts, "-" for stdin: {"id", "text", "image" | "image_base64"} per line; image is a path '
+                    "to a file under --images (no extension: tried as is, then .jpg), image_base64 the picture "
+                    "inline; or neither.")  # fmt: skip
+@clikit.option("--conll", "conll_path", type=_EXISTING_FILE,
+               help="A CoNLL + IMGID file instead of --input: tags it and reports P/R/F1 against its tags.")
+@clikit.option("--output", "-o", "output", required=True, hidden_aliases=("--out",),
+               type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+               help='JSONL, one record per input line, in input order; "-" for stdout (not resumable). An existing '
+                    "file is resumed: the lines it has are skipped.")  # fmt: skip
+@clikit.option("--images", type=_EXISTING_DIR,
+               help="Directory image paths are relative to (--conll: holds <IMGID>.jpg); no picture is read from "
+                    "outside it (symlinks and .. are resolved). Default: the --input file's directory; the current "
+                    "directory for --input -; with --conll, posts are tagged without pictures.")  # fmt: skip
+@clikit.option("--backend", type=click.Choice(BACKENDS), default="ort",
+               help="ort: ONNX Runtime; trt: the bundle's TensorRT engines; torch: the PyTorch reference (needs "
+                    "--checkpoint and torch).")  # fmt: skip
+@clikit.option("--device", type=click.Choice(["cpu", "cuda"]), help="ort: cpu (default) or cuda (onnxruntime-gpu).")
+@clikit.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
+               help="ort only: which graphs of the bundle to run.")
+@clikit.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE,
+               help="Posts per batch; each batch is written (and fsynced) as one.")
+@clikit.option("--threads", type=click.IntRange(min=1),
+               help="Intra-op threads of ONNX Runtime (torch: of torch). Default: theirs (one per core).")
+@clikit.option("--on-bad-image", type=click.Choice(BAD_IMAGE_POLICIES),
+               help="A picture that cannot be used: an error record, or tag the text alone. "
+                    "Default: error for --input, text-only for --conll.")
+@clikit.option("--with-text", is_flag=True,
+               help='Each record carries the post\'s text as "text" (--conll: the words joined by spaces); entity '
+                    "start/end index it.")  # fmt: skip
+@clikit.option("--checkpoint", type=_EXISTING_FILE, hidden_aliases=("--ckpt",),
+               help="--backend torch: the best.pt the bundle was exported from.")
+@clikit.option("--resnet-weights", type=_EXISTING_FILE, help="--backend torch: the vision weights file, if the bundle used one.")
+@clikit.option("--detector-weights", type=_EXISTING_FILE,
+               help="--backend torch: the detector weights file, if the bundle used one.")
+@clikit.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path),
+               help="--conll: also write the scores as JSON here.")
+@clikit.option("--max-text-chars", type=click.IntRange(min=1), default=MAX_TEXT_CHARS,
+               help="A post whose text is longer gets an error record (mner-serve's limit).")
+@clikit.option("--max-line-bytes", type=click.IntRange(min=1), default=MAX_LINE_BYTES,
+               help="--input: a longer line gets an error record and is skipped unread (mner-serve's body limit).")
+@clikit.option("--no-verify", is_flag=True,
+               help="Trust the bundle: check its files' sizes but do not hash them (faster start-up).")
+@clikit.progress_option()
+@clikit.verbose_option()
+def tag_command(bundle, input_path, conll_path, output, images, backend, device, precision, batch_size, threads,
+                on_bad_image, with_text, checkpoint, resnet_weights, detector_weights, metrics_path, max_text_chars,
+                max_line_bytes, no_verify, progress, verbose) -> None:  # fmt: skip
     """Tag posts with an exported bundle: entities with character offsets, one JSONL record per input line."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if progress is not False:  # on a non-terminal, progress is an INFO line of mner.progress every few seconds
+        logging.getLogger("mner.progress").setLevel(logging.INFO)
     if (input_path is None) == (conll_path is None):
         raise click.UsageError("give exactly one of --input (JSONL) and --conll (CoNLL + IMGID)")
     if metrics_path is not None and conll_path is None:
         raise click.UsageError("--metrics goes with --conll")
     if on_bad_image is None:
         on_bad_image = "error" if input_path is not None else "text-only"
+    to_stdout = str(output) == STDIO
+    from mner.runtime.conll import format_report  # noqa: PLC0415 -- the pipeline's imports wait until a run
+    from mner.runtime.pipeline import Pipeline  # noqa: PLC0415
+    from mner.runtime.tagfile import OutputClosed, Provenance, bundle_sha256, tag_conll, tag_jsonl  # noqa: PLC0415
+
+    sink = click.open_file(STDIO, "wb") if to_stdout else output
     try:
         pipeline = Pipeline.from_bundle(
             bundle, backend=backend, device=device, precision=precision, checkpoint=checkpoint,
-            resnet_weights=resnet_weights, detector_weights=detector_weights, batch_size=batch_size,
-            on_bad_image=on_bad_image,
+            resnet_weights=resnet_weights, detector_weights=detector_weights, threads=threads, verify=not no_verify,
+            batch_size=batch_size, on_bad_image=on_bad_image,
         )  # fmt: skip
         with pipeline:
+            provenance = None
+            if not to_stdout:
+                options = {"input": "jsonl" if input_path is not None else "conll", "backend": backend,
+                           "precision": precision, "on_bad_image": on_bad_image, "with_text": with_text,
+                           "max_text_chars": max_text_chars}  # fmt: skip
+                if input_path is not None:
+                    options["max_line_bytes"] = max_line_bytes
+                details = {"device": device or "cpu", "batch_size": batch_size, "mner_version": _version(),
+                           "input": str(input_path or conll_path), "images": None if images is None else str(images),
+                           "started": _now()}  # fmt: skip
+                provenance = Provenance(bundle_sha256(bundle), options, os.path.abspath(bundle), details)
+            common = {"images": images, "progress": progress, "max_text_chars": max_text_chars, "with_text": with_text,
+                      "provenance": provenance}  # fmt: skip
             if input_path is not None:
-                summary = tag_jsonl(pipeline, input=input_path, output=output, images=images, progress=progress,
-                                    max_text_chars=max_text_chars, max_line_bytes=max_line_bytes)  # fmt: skip
+                source = click.open_file(STDIO, "rb") if str(input_path) == STDIO else input_path
+                summary = tag_jsonl(pipeline, input=source, output=sink, max_line_bytes=max_line_bytes, **common)
             else:
-                summary = tag_conll(pipeline, conll=conll_path, output=output, images=images, progress=progress,
-                                    max_text_chars=max_text_chars)  # fmt: skip
+                summary = tag_conll(pipeline, conll=conll_path, output=sink, **common)
+    except OutputClosed as error:
+        _silence_stdout()
+        raise click.ClickException(str(error)) from error
     except (ValueError, RuntimeError) as error:
         raise click.ClickException(str(error)) from error
     except OSError as error:  # reading --input or --conll failed (a disk error): one line, not a traceback
         raise click.ClickException(f"{error.filename or 'a file'}: {error.strerror or error}") from error
-    click.echo(summary.format(output), err=True)
+    click.echo(summary.format("<stdout>" if to_stdout else output), err=True)
     if summary.metrics is not None:
-        click.echo(format_report(summary.metrics))
+        click.echo(format_report(summary.metrics), err=to_stdout)  # stdout holds records only
         if metrics_path is not None:
             try:
                 metrics_path.write_text(json.dumps(summary.metrics, indent=2) + "\n", encoding="utf-8")
             except OSError as error:
                 raise click.ClickException(f"cannot write --metrics {metrics_path}: {error.strerror or error}") from error
+    if summary.error_records:
+        click.get_current_context().exit(EXIT_ERROR_RECORDS)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        return version("mner")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _now() -> str:
+    from datetime import datetime, timezone  # noqa: PLC0415
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _silence_stdout() -> None:
+    """The reader of stdout is gone: point stdout at /dev/null, so that the interpreter's last flush at exit
+    does not fail again with a second, unhandled BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file descriptor (a test runner's stdout)
+        pass
 
 
 if __name__ == "__main__":

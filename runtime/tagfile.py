@@ -12,6 +12,12 @@ Output, one line per input line, in input order::
     {"id": "p1", "line": 1, "entities": [{"type", "text", "start", "end", "score"}], "objects": ["person"]}
     {"id": null, "line": 7, "error": "line 7 is not JSON: Expecting value (column 1)"}
 
+With ``with_text`` (``--with-text``) a record also carries the post's text, right after
+"line", wherever the line had a text string (error records too): entity ``start``/``end``
+index it, so a renderer (displaCy, Label Studio) needs no join with the input::
+
+    {"id": "p1", "line": 1, "text": "Kawhi Leonard in Toronto", "entities": [...], "objects": []}
+
 No input line is ever dropped and no line stops the run: a line that cannot be tagged
 (not UTF-8, not JSON, JSON past the limits of ``runtime.jsonlimits`` -- nested deeper than
 64 levels, an integer of more than 100 digits, NaN --, a line longer than
@@ -37,6 +43,18 @@ followed by a re-run gives exactly one record per input line. Should a write fai
 disk, a read-only folder), the batch is cut off the file again, the run stops with one
 line naming the file and the OS error, and a rerun resumes there. --output may not be the
 --input file (by any name: links are followed).
+
+Which model wrote an output: beside ``out.jsonl``, ``out.jsonl.meta.json`` (written
+atomically, once the output is open and before its first record) names the bundle -- the sha256 of its manifest.json,
+which lists the sha256 of every file of the bundle -- and the options that change records
+(``Provenance``). A resume is refused, naming both sides of each difference, when the
+bundle or one of those options differs: records of two models in one file would be scored
+as one. An output that holds records but no sidecar (written by an mner-tag older than
+the sidecar, or by something else) is refused too: which model wrote it is unknown. Move
+or copy the sidecar with its output.
+
+``input`` may also be a binary stream (stdin: no total for progress) and ``output`` a
+writable binary stream (stdout: each batch written and flushed, nothing resumed, no sidecar).
 """
 
 from __future__ import annotations
@@ -44,30 +62,36 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
+import hashlib
 import json
 import logging
 import os
 import re
+import secrets
 import stat
 import time
 from collections import Counter
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
-
-from tqdm.auto import tqdm
+from typing import IO, Any, Iterator, Mapping
 
 from mner.runtime import jsonlimits
 from mner.runtime.conll import check_entity_types, evaluate_entities, read_conll
 from mner.runtime.image import ImageError, read_header
 from mner.runtime.pipeline import TAGGING_FAILED, Pipeline, Post, TagResult
-from mner.runtime.serve_batcher import ServeConfig
+from mner.runtime.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 
 MAX_IMAGE_BYTES = 64 << 20  # a picture file or payload larger than this is refused before decoding
-MAX_TEXT_CHARS = ServeConfig.max_text_chars  # what mner-serve accepts; longer posts are windowed, not truncated
-MAX_LINE_BYTES = ServeConfig.max_body_bytes  # one input line is at most what mner-serve accepts as one body
+# mner-serve's limits (ServeConfig.max_text_chars and .max_body_bytes; a test keeps them equal), written out
+# here so that mner-tag does not import the server's batcher and its metrics library.
+MAX_TEXT_CHARS = 10_000  # what mner-serve accepts; longer posts are windowed, not truncated
+MAX_LINE_BYTES = 16 << 20  # one input line is at most what mner-serve accepts as one body
+SIDECAR_SUFFIX = ".meta.json"  # out.jsonl -> out.jsonl.meta.json: which bundle and options wrote out.jsonl
+SIDECAR_FORMAT = "mner-tag-output"
+SIDECAR_VERSION = 1
 _RECORD_LINE_SLACK = 4  # an output record is at most ~3x its input line (a surrogate id written with \u escapes)
 _SHOWN_CHARS = 60  # an echoed image path or id is cut to this in an error
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
@@ -76,7 +100,8 @@ _WHITESPACE = re.compile(r"\s+")
 
 
 class OutputError(ValueError):
-    """--output cannot be used: not a file mner-tag can resume, the --input file itself, or not writable."""
+    """--output cannot be used: not a file mner-tag can resume, the --input file itself, written by another
+    bundle or with other options, or not writable."""
 
 
 class PipelineFailed(RuntimeError):
@@ -85,22 +110,68 @@ class PipelineFailed(RuntimeError):
 
 @dataclass
 class TagSummary:
-    lines: int = 0  # input lines (posts, for --conll)
+    lines: int | None = 0  # input lines (posts, for --conll); None: not known ahead (stdin) and no line read
     skipped: int = 0  # already in the output from an earlier run
     tagged: int = 0
     entities: int = 0
-    errors: Counter = field(default_factory=Counter)  # kind -> count
+    errors: Counter = field(default_factory=Counter)  # kind -> count, of this run's records
     seconds: float = 0.0
     metrics: dict | None = None  # --conll: evaluate_entities over every post
     unit: str = "lines"  # what `lines` counts: input lines, or CoNLL posts
+    earlier_errors: int = 0  # error records an earlier run left in the output
+
+    @property
+    def error_records(self) -> int:
+        """Error records in the output: this run's and, for a resumed file, the earlier runs'."""
+        return sum(self.errors.values()) + self.earlier_errors
 
     def format(self, output: str | os.PathLike) -> str:
         rate = self.tagged / self.seconds if self.seconds > 0 else 0.0
+        earlier = f" ({self.earlier_errors} of them errors)" if self.earlier_errors else ""
         text = (f"{self.lines} {self.unit} -> {output}: {self.tagged} tagged ({self.entities} entities), "
-                f"{sum(self.errors.values())} errors, {self.skipped} already done; {self.seconds:.1f} s, {rate:.1f} posts/s")  # fmt: skip
+                f"{sum(self.errors.values())} errors, {self.skipped} already done{earlier}; {self.seconds:.1f} s, "
+                f"{rate:.1f} posts/s")  # fmt: skip
         if self.errors:
             text += "\nerrors: " + ", ".join(f"{kind} {count}" for kind, count in self.errors.most_common())
         return text
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What writes an output file: the bundle and the options that change its records.
+
+    ``bundle_sha256`` is the sha256 of the bundle's manifest.json (``bundle_sha256()``), which
+    lists the size and sha256 of every file of the bundle: it names the model, the tokenizer,
+    the splitter and the decoding settings together. ``options`` are compared on resume
+    (backend, precision, on_bad_image, with_text, the limits that make error records, the
+    input kind); ``details`` are written for the reader only (device, batch size, paths,
+    the mner version, when the output was started).
+    """
+
+    bundle_sha256: str
+    options: Mapping[str, Any]
+    bundle_path: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION,
+                "bundle": {"sha256": self.bundle_sha256, "path": self.bundle_path},
+                "options": dict(self.options), "details": dict(self.details)}  # fmt: skip
+
+
+def bundle_sha256(bundle: str | os.PathLike) -> str:
+    """The sha256 of ``bundle``/manifest.json: what identifies a bundle in an output's sidecar."""
+    path = Path(bundle) / "manifest.json"
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as error:
+        raise ValueError(f"cannot read {path} to identify the bundle: {_os_error(error)}") from None
+
+
+def sidecar_path(output: str | os.PathLike) -> Path:
+    """Where the provenance of ``output`` is written: ``<output>.meta.json``."""
+    output = Path(output)
+    return output.with_name(output.name + SIDECAR_SUFFIX)
 
 
 @dataclass
@@ -114,52 +185,72 @@ class _Entry:
     kind: str = ""  # error kind, for the summary
     extra: dict[str, Any] = field(default_factory=dict)  # --conll: image_id
     words: list[str] | None = None  # --conll: pre-split words
+    text: str | None = None  # the post's text where the line had one (--with-text); offsets index it
 
 
 def tag_jsonl(
     pipeline: Pipeline,
-    input: str | os.PathLike,
-    output: str | os.PathLike,
+    input: str | os.PathLike | IO[bytes],
+    output: str | os.PathLike | IO[bytes],
     *,
     images: str | os.PathLike | None = None,
-    progress: bool = True,
+    progress: bool | None = True,
     max_text_chars: int = MAX_TEXT_CHARS,
     max_line_bytes: int = MAX_LINE_BYTES,
+    with_text: bool = False,
+    provenance: Provenance | None = None,
 ) -> TagSummary:
-    """Tag every line of ``input`` into ``output`` (resuming it where it exists); see the module docstring."""
-    input, output = Path(input), Path(output)
+    """Tag every line of ``input`` into ``output`` (resuming it where it exists); see the module docstring.
+
+    ``input``: a file, or a binary stream such as stdin (``images`` then defaults to the current
+    directory, not the input's). ``output``: a file, or a writable binary stream such as stdout
+    (nothing resumed, no sidecar). ``with_text``: each record carries the post's text as "text".
+    ``provenance``: checked against the output's sidecar (a resume by another bundle or with
+    other options is refused) and written there; None: no sidecar is read or written.
+    """
     _check_limits(max_text_chars=max_text_chars, max_line_bytes=max_line_bytes)
-    if not input.is_file():
-        raise ValueError(f"--input {input}: no such file")
-    images_dir = Path(images) if images is not None else input.parent
+    streamed = not isinstance(input, (str, os.PathLike))
+    if not streamed:
+        input = Path(input)
+        if not input.is_file():
+            raise ValueError(f"--input {input}: no such file")
+    images_dir = Path(images) if images is not None else Path(".") if streamed else input.parent
     if not images_dir.is_dir():
         raise ValueError(f"--images {images_dir}: no such directory")
-    _refuse_same_file(input, output, "--input")
-    done_ids, done_lines = _resume(output, max_line_bytes)
-    total = _count_lines(input)
     limits = _Limits(images_dir, images_dir.resolve(), pipeline.on_bad_image, max_text_chars, max_line_bytes)
-    return _run(pipeline, _jsonl_entries(input, limits, done_ids, done_lines), output, total, progress)
+    with ExitStack() as stack:
+        lines = input if streamed else stack.enter_context(open(input, "rb"))
+        sink, done = _claim_output(output, lines if streamed else input, "--input", provenance, max_line_bytes)
+        stack.enter_context(sink)
+        total = None if streamed else _count_lines(input)
+        entries = _jsonl_entries(lines, limits, done.ids, done.lines)
+        summary = _run(pipeline, entries, sink, total, progress, with_text=with_text)
+    summary.earlier_errors = done.errors
+    return summary
 
 
 def tag_conll(
     pipeline: Pipeline,
     conll: str | os.PathLike,
-    output: str | os.PathLike,
+    output: str | os.PathLike | IO[bytes],
     *,
     images: str | os.PathLike | None = None,
-    progress: bool = True,
+    progress: bool | None = True,
     max_text_chars: int = MAX_TEXT_CHARS,
+    with_text: bool = False,
+    provenance: Provenance | None = None,
 ) -> TagSummary:
     """Tag every post of a CoNLL + IMGID file (pictures ``<images>/<IMGID>.jpg``) and score the tags.
 
-    Output records also carry "image_id" and the predicted word "tags"; the returned
+    Output records also carry "image_id" and the predicted word "tags" (and, ``with_text``,
+    "text": the words joined by spaces, which the offsets index); the returned
     summary's ``metrics`` are P/R/F1 over every post (a post whose record is an error
     counts as predicting no entity). Data whose tags name an entity type the bundle does
     not know is refused before anything is tagged (it would score 0 for that type).
     Pictures are read as for JSONL: only files under ``images`` (an IMGID such as
-    ``../x`` is refused by that rule).
+    ``../x`` is refused by that rule). ``output`` and ``provenance`` as for ``tag_jsonl``.
     """
-    conll, output = Path(conll), Path(output)
+    conll = Path(conll)
     _check_limits(max_text_chars=max_text_chars)
     if not conll.is_file():
         raise ValueError(f"--conll {conll}: no such file")
@@ -170,16 +261,15 @@ def tag_conll(
     if not posts:
         raise ValueError(f"--conll {conll} holds no posts")
     check_entity_types(posts, pipeline.scheme.entity_types, f"--conll {conll}", "the bundle")
-    done_ids, _ = _resume(output, MAX_LINE_BYTES)
     root = Path(images).resolve() if images is not None else None
 
-    def entries() -> Iterator[_Entry | int]:
+    def entries(done_ids: set[str]) -> Iterator[_Entry | int]:
         for number, post in enumerate(posts, start=1):
             if json.dumps(number) in done_ids:
                 yield 1
                 continue
-            entry = _Entry(post.line, number, extra={"image_id": post.image_id}, words=post.words)
             text = " ".join(post.words)
+            entry = _Entry(post.line, number, extra={"image_id": post.image_id}, words=post.words, text=text)
             if len(text) > max_text_chars:
                 entry.record, entry.kind = {"error": _text_too_long(text, max_text_chars)}, "text too long"
                 yield entry
@@ -197,12 +287,15 @@ def tag_conll(
             entry.post = Post(text, image)
             yield entry
 
-    summary = _run(pipeline, entries(), output, len(posts), progress, unit="posts")
-    predicted: dict[Any, list[str]] = {}
-    for record in _records(output, MAX_LINE_BYTES):
-        if "tags" in record:
-            predicted[record["id"]] = record["tags"]
-    pred = [predicted.get(number, ["O"] * len(post.words)) for number, post in enumerate(posts, start=1)]
+    written_tags: dict[Any, list[str]] | None = None if isinstance(output, (str, os.PathLike)) else {}
+    sink, done = _claim_output(output, conll, "--conll", provenance, MAX_LINE_BYTES)
+    with sink:
+        summary = _run(pipeline, entries(done.ids), sink, len(posts), progress, unit="posts", with_text=with_text,
+                       written_tags=written_tags)  # fmt: skip
+    summary.earlier_errors = done.errors
+    if written_tags is None:  # a file: the tags of earlier runs are in it too
+        written_tags = {r["id"]: r["tags"] for r in _records(Path(output), MAX_LINE_BYTES) if "tags" in r}
+    pred = [written_tags.get(number, ["O"] * len(post.words)) for number, post in enumerate(posts, start=1)]
     summary.metrics = evaluate_entities([post.tags for post in posts], pred)
     return summary
 
@@ -213,39 +306,160 @@ def _check_limits(**limits: int) -> None:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def _refuse_same_file(source: Path, output: Path, flag: str) -> None:
-    """--output naming the file being read (itself, through a symlink or a hard link) would be appended
-    to while it is read, and resuming would cut off its last line as a torn record."""
+def _refuse_same_file(source: Path | IO[bytes], output: Any, flag: str) -> None:
+    """--output naming the file being read (itself, through a symlink or a hard link, or the file stdin
+    was redirected from) would be appended to while it is read, and resuming would cut off its last
+    line as a torn record."""
+    if not isinstance(output, (str, os.PathLike)):
+        return  # a stream is not appended to
     try:
-        read, written = os.stat(source), os.stat(output)
-    except OSError:  # no output yet (or none reachable): it cannot be the input
+        read = os.stat(source) if isinstance(source, (str, os.PathLike)) else os.fstat(source.fileno())
+        written = os.stat(output)
+    except (OSError, ValueError, AttributeError):  # no output yet, or a stream without a file: it cannot be the input
         return
-    if (read.st_dev, read.st_ino) == (written.st_dev, written.st_ino):
-        raise OutputError(f"--output {output} is the {flag} file {source} (the same file, by a link or another name): "
+    if stat.S_ISREG(read.st_mode) and (read.st_dev, read.st_ino) == (written.st_dev, written.st_ino):
+        shown = source if isinstance(source, (str, os.PathLike)) else "(stdin)"
+        raise OutputError(f"--output {output} is the {flag} file {shown} (the same file, by a link or another name): "
                           "records are appended to --output, so pass another file")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the output and its sidecar
+
+
+@dataclass
+class _Done:
+    """What an output already holds: the ids (canonical JSON) and input line numbers of its records."""
+
+    ids: set[str] = field(default_factory=set)
+    lines: set[int] = field(default_factory=set)
+    errors: int = 0  # how many of its records are errors
+    records: int = 0
+
+
+def _claim_output(output: Any, source: Path | IO[bytes], flag: str, provenance: Provenance | None,
+                  max_line_bytes: int) -> tuple[_Sink | _StreamSink, _Done]:  # fmt: skip
+    """Open ``output`` for this run: a stream as it is; a file after refusing it where it is the input,
+    not mner-tag output, or written by another bundle or with other options, then with a torn last
+    record cut off and the sidecar written. Returns the sink and what the file already holds."""
+    if not isinstance(output, (str, os.PathLike)):
+        return _StreamSink(output), _Done()
+    output = Path(output)
+    _refuse_same_file(source, output, flag)
+    done, torn = _scan(output, max_line_bytes)
+    known = _check_provenance(output, provenance, done) if provenance is not None else True
+    if torn is not None:
+        logger.warning("%s: dropping an incomplete last record (%d bytes) left by an interrupted run", output, torn[1])
+        try:
+            os.truncate(output, torn[0])
+        except OSError as error:
+            raise OutputError(f"cannot resume --output {output}: {_os_error(error)}") from None
+    sink = _Sink(output)
+    if not known:
+        try:
+            _write_sidecar(output, provenance)
+        except BaseException:
+            sink.close()
+            raise
+    return sink, done
+
+
+def _check_provenance(output: Path, provenance: Provenance, done: _Done) -> bool:
+    """Refuse to resume ``output`` where its sidecar names another bundle or other options, or where it holds
+    records and has no sidecar. True: the sidecar matches and is kept; False: a sidecar is to be written."""
+    path = sidecar_path(output)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raw = None
+    except OSError as error:
+        raise OutputError(f"cannot read {path} (which bundle and options wrote --output): {_os_error(error)}") from None
+    if done.records == 0:
+        return False  # nothing to mix with: this run's sidecar replaces any other
+    start_again = f"pass another --output, or delete {output} and {path.name} to start again"
+    if raw is None:
+        raise OutputError(f"--output {output} holds {done.records} records but no {path.name} saying which bundle and "
+                          f"options wrote them (an mner-tag older than that file, or another program, wrote it), so "
+                          f"resuming could mix two models' records in one file: {start_again}")  # fmt: skip
+    try:
+        meta = jsonlimits.loads(raw)
+    except (jsonlimits.JsonLimitError, UnicodeDecodeError):
+        meta = None
+    if not (isinstance(meta, dict) and meta.get("format") == SIDECAR_FORMAT and isinstance(meta.get("bundle"), dict)
+            and isinstance(meta.get("options"), dict)):  # fmt: skip
+        raise OutputError(f"{path} is not an mner-tag sidecar (format {SIDECAR_FORMAT!r}), so which bundle wrote "
+                          f"--output {output} is unknown: {start_again}")  # fmt: skip
+    then_sha, then_path = meta["bundle"].get("sha256"), meta["bundle"].get("path", "")
+    differences = []
+    if then_sha != provenance.bundle_sha256:
+        differences.append(f"bundle: sha256 {then_sha} ({then_path}) wrote it; this run's is sha256 "
+                           f"{provenance.bundle_sha256} ({provenance.bundle_path})")  # fmt: skip
+    for name in sorted(set(meta["options"]) | set(provenance.options)):
+        then, now = meta["options"].get(name), provenance.options.get(name)
+        if then != now:
+            differences.append(f"{_option_name(name)}: {json.dumps(then)} then, {json.dumps(now)} now")
+    if differences:
+        raise OutputError(f"--output {output} was written by another bundle or with other options ({path.name}), so "
+                          "resuming it would mix two runs' records in one file:\n  " + "\n  ".join(differences)
+                          + f"\n{start_again}, or run with the bundle and options that wrote it")  # fmt: skip
+    return True
+
+
+def _option_name(name: str) -> str:
+    """How an option of the sidecar is called on the command line (input: --input or --conll)."""
+    return "input" if name == "input" else "splitter" if name == "splitter" else "--" + name.replace("_", "-")
+
+
+def _write_sidecar(output: Path, provenance: Provenance) -> None:
+    """``<output>.meta.json`` written whole or not at all: a temporary file in the same folder, fsynced,
+    renamed over the old one (a reader never sees half a sidecar, a kill leaves the old one or none)."""
+    path = sidecar_path(output)
+    data = (json.dumps(provenance.to_json(), indent=2, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
+    temporary = None
+    try:
+        # not mkstemp: its 0600 would make the sidecar private beside an output the umask left readable
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+        temporary = None
+    except OSError as error:
+        raise OutputError(f"cannot write {path} (which bundle and options wrote --output): {_os_error(error)}") from None
+    finally:
+        if temporary is not None:
+            with suppress(OSError):
+                os.unlink(temporary)
 
 
 # --------------------------------------------------------------------------- the loop
 
 
-def _run(pipeline: Pipeline, entries, output: Path, total: int, progress: bool, unit: str = "lines") -> TagSummary:
+def _run(pipeline: Pipeline, entries, sink: _Sink | _StreamSink, total: int | None, progress: bool | None,
+         unit: str = "lines", with_text: bool = False, written_tags: dict | None = None) -> TagSummary:  # fmt: skip
     summary = TagSummary(lines=total, unit=unit)
     started = time.perf_counter()
-    with _Sink(output) as sink, tqdm(total=total, unit=unit[:-1], desc="mner-tag", disable=not progress) as bar:
+    read = 0
+    with progress_bar(total=total, desc="mner-tag", unit=unit[:-1], enabled=progress) as bar:
         pending: list[_Entry] = []
         for entry in entries:
             if isinstance(entry, int):  # lines skipped because the output has them
                 summary.skipped += entry
+                read += entry
                 bar.update(entry)
                 continue
+            read += 1
             pending.append(entry)
             if len(pending) >= pipeline.batch_size:
-                _flush(pipeline, pending, sink, summary)
+                _flush(pipeline, pending, sink, summary, with_text, written_tags)
                 bar.update(len(pending))
                 pending = []
         if pending:
-            _flush(pipeline, pending, sink, summary)
+            _flush(pipeline, pending, sink, summary, with_text, written_tags)
             bar.update(len(pending))
+    if summary.lines is None:  # stdin: known once read
+        summary.lines = read
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -267,7 +481,12 @@ class _Sink:
         return self
 
     def __exit__(self, *exc) -> None:
-        os.close(self.fd)
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def append(self, data: bytes) -> None:
         start = os.lseek(self.fd, 0, os.SEEK_END)
@@ -285,12 +504,43 @@ class _Sink:
                               "complete: fix the cause and run again to resume") from None  # fmt: skip
 
 
+class OutputClosed(OutputError):
+    """The reader of the output stream went away (``mner-tag ... -o - | head``): the run stops there."""
+
+
+class _StreamSink:
+    """--output - (stdout): each batch written and flushed as it is tagged; nothing to resume or cut off."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+
+    def __enter__(self) -> _StreamSink:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def append(self, data: bytes) -> None:
+        try:
+            self.stream.write(data)
+            self.stream.flush()
+        except BrokenPipeError:
+            raise OutputClosed("the output stream was closed by its reader (a pipe into head, say): the run "
+                               "stopped there") from None  # fmt: skip
+        except OSError as error:
+            raise OutputError(f"cannot write the output stream: {_os_error(error)}") from None
+
+
 def _os_error(error: OSError) -> str:
     code = errno.errorcode.get(error.errno, "") if error.errno is not None else ""
     return f"{error.strerror or error} ({code})" if code else f"{error.strerror or error}"
 
 
-def _flush(pipeline: Pipeline, entries: list[_Entry], sink: _Sink, summary: TagSummary) -> None:
+def _flush(pipeline: Pipeline, entries: list[_Entry], sink: _Sink | _StreamSink, summary: TagSummary,
+           with_text: bool = False, written_tags: dict | None = None) -> None:  # fmt: skip
     """Tag the batch's posts and append every entry's record (written and fsynced as one)."""
     to_tag = [e for e in entries if e.record is None]
     if to_tag and to_tag[0].words is not None:
@@ -311,13 +561,16 @@ def _flush(pipeline: Pipeline, entries: list[_Entry], sink: _Sink, summary: TagS
     counts = Counter()
     tagged = entities = 0
     for entry in entries:
-        record = {"id": entry.id, "line": entry.line, **entry.extra, **entry.record}
+        text = {"text": entry.text} if with_text and entry.text is not None else {}
+        record = {"id": entry.id, "line": entry.line, **text, **entry.extra, **entry.record}
         if "error" in record:
             record.pop("image_error", None)
             counts[entry.kind] += 1
         else:
             tagged += 1
             entities += len(record["entities"])
+            if written_tags is not None and "tags" in record:
+                written_tags[record["id"]] = record["tags"]
         lines.append(record_line(record))
     sink.append(b"".join(lines))
     summary.errors.update(counts)  # counted once written: a failed write leaves the summary as the file
@@ -385,28 +638,30 @@ def _bounded_lines(f, max_line_bytes: int) -> Iterator[tuple[bytes, int]]:
         yield b"", content
 
 
-def _jsonl_entries(path: Path, limits: _Limits, done_ids: set[str], done_lines: set[int]) -> Iterator[_Entry | int]:
+def _jsonl_entries(lines: IO[bytes], limits: _Limits, done_ids: set[str], done_lines: set[int]) -> Iterator[_Entry | int]:
     first_line_of: dict[str, int] = {}  # canonical id -> the line it first appeared on
-    with open(path, "rb") as lines:
-        for number, (raw, length) in enumerate(_bounded_lines(lines, limits.max_line_bytes), start=1):
-            if length > limits.max_line_bytes:
-                entry = _Entry(number, None, kind="line too long", record={"error": (
-                    f"line {number} has {length} bytes, over the limit of {limits.max_line_bytes} (--max-line-bytes); "
-                    "it was skipped unread")})  # fmt: skip
-            else:
-                entry = _parse_line(number, raw, limits, first_line_of)
-            key = json.dumps(entry.id) if entry.id is not None else None
-            repeated = key is not None and first_line_of.get(key, number) != number
-            if key is not None and not repeated:
-                done = key in done_ids
-            else:
-                done = number in done_lines
-            yield 1 if done else entry
+    for number, (raw, length) in enumerate(_bounded_lines(lines, limits.max_line_bytes), start=1):
+        if length > limits.max_line_bytes:
+            entry = _Entry(number, None, kind="line too long", record={"error": (
+                f"line {number} has {length} bytes, over the limit of {limits.max_line_bytes} (--max-line-bytes); "
+                "it was skipped unread")})  # fmt: skip
+        else:
+            entry = _parse_line(number, raw, limits, first_line_of)
+        key = json.dumps(entry.id) if entry.id is not None else None
+        repeated = key is not None and first_line_of.get(key, number) != number
+        if key is not None and not repeated:
+            done = key in done_ids
+        else:
+            done = number in done_lines
+        yield 1 if done else entry
 
 
 def _parse_line(number: int, raw: bytes, limits: _Limits, first_line_of: dict[str, int]) -> _Entry:
     def error(kind: str, message: str, id: Any = None) -> _Entry:
-        return _Entry(number, id, record={"error": message}, kind=kind)
+        text = value.get("text") if isinstance(value, dict) else None  # kept with the error (--with-text)
+        return _Entry(number, id, record={"error": message}, kind=kind, text=text if isinstance(text, str) else None)
+
+    value = None
 
     raw = raw.rstrip(b"\r\n")
     try:
@@ -446,7 +701,7 @@ def _parse_line(number: int, raw: bytes, limits: _Limits, first_line_of: dict[st
                                   "pictures go in image_base64)", post_id)  # fmt: skip
     if inline is not None and not isinstance(inline, str):
         return error("bad field", f"image_base64 must be a string, got {type(inline).__name__}", post_id)
-    entry = _Entry(number, post_id, post=Post(value["text"]))
+    entry = _Entry(number, post_id, post=Post(value["text"]), text=value["text"])
     if inline is not None:
         data, problem = inline_image(inline)
         if problem is not None:
@@ -589,33 +844,30 @@ def _read_regular_file(real: Path, root: Path, shown: str) -> tuple[bytes | None
 # --------------------------------------------------------------------------- resuming
 
 
-def _resume(output: Path, max_line_bytes: int) -> tuple[set[str], set[int]]:
-    """Ids (canonical JSON) and line numbers already in ``output``, after cutting off a torn last record."""
+def _scan(output: Path, max_line_bytes: int) -> tuple[_Done, tuple[int, int] | None]:
+    """What ``output`` already holds, and where its torn last record starts (offset, length), if it has one;
+    the file is only read. A line that is no mner-tag record refuses the file."""
+    done = _Done()
     if not output.exists():
-        return set(), set()
+        return done, None
     if not output.is_file():
         raise OutputError(f"--output {output} is not a file")
-    done_ids: set[str] = set()
-    done_lines: set[int] = set()
     offset = 0
-    torn = None
     try:
         with open(output, "rb") as f:
             for number, (raw, length) in enumerate(_bounded_lines(f, _record_limit(max_line_bytes)), start=1):
                 if raw and not raw.endswith(b"\n"):  # the last record, torn by a kill: it is written again
-                    torn = (offset, len(raw))
-                    break
+                    return done, (offset, len(raw))
                 record = _parse_record(raw, length, output, number, max_line_bytes)
-                done_lines.add(record["line"])
+                done.records += 1
+                done.errors += "error" in record
+                done.lines.add(record["line"])
                 if record.get("id") is not None:
-                    done_ids.add(json.dumps(record["id"]))
+                    done.ids.add(json.dumps(record["id"]))
                 offset += len(raw)
-        if torn is not None:
-            logger.warning("%s: dropping an incomplete last record (%d bytes) left by an interrupted run", output, torn[1])
-            os.truncate(output, torn[0])
     except OSError as error:
         raise OutputError(f"cannot resume --output {output}: {_os_error(error)}") from None
-    return done_ids, done_lines
+    return done, None
 
 
 def _record_limit(max_line_bytes: int) -> int:

@@ -247,9 +247,10 @@ class StubBundlePipeline(StubPipeline):
 
 
 def test_mner_tag_conll_refuses_a_label_set_the_bundle_does_not_know(tmp_path, monkeypatch):
-    from mner.runtime import cli
+    from mner.runtime.pipeline import Pipeline
 
-    monkeypatch.setattr(cli.Pipeline, "from_bundle", classmethod(lambda cls, *args, **kwargs: StubBundlePipeline()))
+    monkeypatch.setattr(Pipeline, "from_bundle", classmethod(lambda cls, *args, **kwargs: StubBundlePipeline()))
+    (tmp_path / "manifest.json").write_text("{}")
     conll = tmp_path / "data.txt"
     conll.write_text(OTHER_DATA)
     result = CliRunner().invoke(tag_command, ["--engine", str(tmp_path), "--conll", str(conll), "--output",

@@ -25,20 +25,24 @@ from test_pipeline import fake_pipeline
 
 import mner.runtime
 from mner.runtime import cli, tagfile
-from mner.runtime.cli import tag_command
+from mner.runtime.cli import EXIT_ERROR_RECORDS, tag_command
+from mner.runtime.pipeline import Pipeline
+from mner.runtime.tagfile import sidecar_path
 
 SECRET = b"SECRET-TOKEN=hunter2\nroot:x:0:0:root:/root:/bin/bash\n"
 RED_JPEG = cv2.imencode(".jpg", np.full((32, 32, 3), (0, 0, 255), np.uint8))[1].tobytes()  # BGR: red
 
 
 @pytest.fixture
-def fake_bundle(monkeypatch):
-    """mner-tag's Pipeline.from_bundle gives a fake pipeline (with the command's batch size and policy)."""
+def fake_bundle(monkeypatch, tmp_path):
+    """mner-tag's Pipeline.from_bundle gives a fake pipeline (with the command's batch size and policy); the
+    --engine folder (tmp_path) has a manifest.json, which names the bundle in an output's sidecar."""
 
     def from_bundle(cls, bundle, *, batch_size=32, on_bad_image="error", **options):
         return fake_pipeline(batch_size=batch_size, on_bad_image=on_bad_image)
 
-    monkeypatch.setattr(cli.Pipeline, "from_bundle", classmethod(from_bundle))
+    monkeypatch.setattr(Pipeline, "from_bundle", classmethod(from_bundle))
+    (tmp_path / "manifest.json").write_text('{"format": "a fake bundle"}\n')
 
 
 def write_jsonl(path: Path, lines: list) -> Path:
@@ -113,7 +117,7 @@ def test_pictures_are_read_only_from_under_images_and_no_record_quotes_a_file(tm
     source = write_jsonl(tmp_path / "posts.jsonl", lines)
     output = tmp_path / "tagged.jsonl"
     result = run_tag(tmp_path, source, output, "--images", str(images))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == EXIT_ERROR_RECORDS, result.output
     by_id = {r["id"]: r for r in read_records(output)}
     for name in OUTSIDE_LINES:
         assert "leads outside --images" in by_id[name]["error"], by_id[name]
@@ -136,7 +140,7 @@ def test_text_only_policy_drops_a_non_picture_file_without_quoting_it(tmp_path, 
                                                     {"id": 2, "text": "Obama in Paris", "image": "link-to-secret.jpg"}])  # fmt: skip
     output = tmp_path / "tagged.jsonl"
     result = run_tag(tmp_path, source, output, "--images", str(images), "--on-bad-image", "text-only")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == EXIT_ERROR_RECORDS, result.output
     first, second = read_records(output)
     assert first["image_error"] == "'notes.jpg' is not a picture (supported: PNG, JPEG, GIF, BMP, WEBP)"
     assert first["objects"] == [] and "entities" in first
@@ -153,7 +157,7 @@ def test_an_image_id_without_extension_is_a_path_tried_with_jpg(tmp_path, fake_b
     ])  # fmt: skip
     output = tmp_path / "tagged.jsonl"
     result = run_tag(tmp_path, source, output, "--images", str(images))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == EXIT_ERROR_RECORDS, result.output
     by_id = {r["id"]: r for r in read_records(output)}
     assert by_id["twitter-id"]["objects"] == ["person"] and by_id["as-is"]["objects"] == ["person"]
     assert by_id["missing-id"]["error"] == f"image: no such image file: {images}/17_06_4242 (nor with .jpg)"
@@ -175,7 +179,7 @@ def test_inline_pictures_come_in_image_base64_and_image_is_never_decoded(tmp_pat
     ])  # fmt: skip
     output = tmp_path / "tagged.jsonl"
     result = run_tag(tmp_path, source, output, "--images", str(images))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == EXIT_ERROR_RECORDS, result.output
     by_id = {r["id"]: r for r in read_records(output)}
     assert by_id["inline"]["objects"] == by_id["data-url"]["objects"] == ["person"]
     error = by_id["base64-in-image"]["error"]  # JPEG base64 starts "/9j/": an absolute path, outside --images
@@ -194,7 +198,7 @@ def test_conll_image_ids_stay_under_images(tmp_path, fake_bundle, picture_tree):
     output = tmp_path / "tagged.jsonl"
     result = CliRunner().invoke(tag_command, ["--engine", str(tmp_path), "--conll", str(conll), "--images", str(images),
                                               "--output", str(output), "--on-bad-image", "error"])  # fmt: skip
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == EXIT_ERROR_RECORDS, result.output
     first, second = read_records(output)
     assert "leads outside --images" in first["error"] and second["objects"] == ["person"]
 
@@ -222,7 +226,7 @@ def test_no_hostile_line_stops_the_run_and_reruns_resume_cleanly(tmp_path, fake_
     source = write_jsonl(tmp_path / "posts.jsonl", lines)
     output = tmp_path / "tagged.jsonl"
     result = run_tag(tmp_path, source, output, "--max-line-bytes", "250000")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == EXIT_ERROR_RECORDS, result.output
     records = read_records(output)
     assert [r["line"] for r in records] == list(range(1, len(lines) + 1))
     errors = [r for r in records[::2]]
@@ -245,7 +249,7 @@ def test_no_hostile_line_stops_the_run_and_reruns_resume_cleanly(tmp_path, fake_
 
     before = output.read_bytes()
     again = run_tag(tmp_path, source, output, "--max-line-bytes", "250000")
-    assert again.exit_code == 0, again.output
+    assert again.exit_code == EXIT_ERROR_RECORDS, again.output
     assert "20 already done" in again.output and output.read_bytes() == before
 
 
@@ -253,11 +257,11 @@ def test_max_text_chars_is_the_servers_limit_by_default_and_can_be_set(tmp_path,
     source = write_jsonl(tmp_path / "posts.jsonl", [{"id": 1, "text": "Obama " * 1666 + "Pari"},  # 10,000 characters
                                                     {"id": 2, "text": "Obama " * 1667}])  # fmt: skip
     output = tmp_path / "tagged.jsonl"
-    assert run_tag(tmp_path, source, output).exit_code == 0
+    assert run_tag(tmp_path, source, output).exit_code == EXIT_ERROR_RECORDS
     first, second = read_records(output)
     assert "entities" in first and second["error"].startswith("text has 10002 characters, over the limit of 10000")
     strict = tmp_path / "strict.jsonl"
-    assert run_tag(tmp_path, source, strict, "--max-text-chars", "20").exit_code == 0
+    assert run_tag(tmp_path, source, strict, "--max-text-chars", "20").exit_code == EXIT_ERROR_RECORDS
     assert all("over the limit of 20 (--max-text-chars)" in r["error"] for r in read_records(strict))
     bad = run_tag(tmp_path, source, tmp_path / "x.jsonl", "--max-line-bytes", "0")
     assert bad.exit_code == 2 and "--max-line-bytes" in bad.output
@@ -305,8 +309,9 @@ DRIVER = """
 import sys
 from test_pipeline import fake_pipeline
 from mner.runtime import cli
-cli.Pipeline.from_bundle = classmethod(lambda cls, bundle, *, batch_size=32, on_bad_image="error", **options:
-                                       fake_pipeline(batch_size=batch_size, on_bad_image=on_bad_image))
+from mner.runtime.pipeline import Pipeline
+Pipeline.from_bundle = classmethod(lambda cls, bundle, *, batch_size=32, on_bad_image="error", **options:
+                                   fake_pipeline(batch_size=batch_size, on_bad_image=on_bad_image))
 cli.tag_command(sys.argv[1:], prog_name="mner-tag")
 """
 
@@ -315,12 +320,19 @@ def run_child(tmp_path: Path, *arguments: str, fsize: int | None = None, timeout
     def limit_file_size():  # a file-size limit: writes past it fail with EFBIG, as on a full disk
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
+    _fake_manifest(tmp_path)
     command = [sys.executable, "-c", DRIVER, "--engine", str(tmp_path), "--no-progress", *arguments]
     return subprocess.run(command, capture_output=True, text=True, env=_child_env(), timeout=timeout,
                           preexec_fn=limit_file_size if fsize is not None else None)  # fmt: skip
 
 
+def _fake_manifest(folder: Path) -> None:
+    """The fake bundle's manifest.json: what names it in an output's sidecar (DRIVER fakes the rest)."""
+    (folder / "manifest.json").write_text('{"format": "a fake bundle"}\n')
+
+
 def _peak_rss_mib(tmp_path: Path, *arguments: str) -> tuple[subprocess.CompletedProcess, float]:
+    _fake_manifest(tmp_path)
     script = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")  # fmt: skip
     command = [sys.executable, "-c", script, sys.executable, "-c", DRIVER, "--engine", str(tmp_path), "--no-progress",
@@ -339,7 +351,7 @@ def test_a_50_mb_line_is_one_error_record_in_bounded_memory(tmp_path):
                                            "--max-line-bytes", "1000")  # fmt: skip
     output = tmp_path / "tagged.jsonl"
     result, rss = _peak_rss_mib(tmp_path, "--input", str(source), "--output", str(output))
-    assert result.returncode == 0 and baseline.returncode == 0, result.stderr
+    assert result.returncode == baseline.returncode == EXIT_ERROR_RECORDS, result.stderr
     huge, after = read_records(output)
     assert huge == {"id": None, "line": 1, "error": f"line 1 has {len(head + words + tail)} bytes, over the limit of "
                                                     "16777216 (--max-line-bytes); it was skipped unread"}  # fmt: skip
@@ -470,8 +482,9 @@ def test_a_full_disk_is_one_line_and_the_output_resumes_elsewhere(tmp_path, full
     assert f"Error: cannot write --output {output}: No space left on device (ENOSPC)" in result.stderr
     written = _assert_complete_records_only(output)
     assert 0 < len(written) < 2000
-    moved = tmp_path / "tagged.jsonl"  # room found: the same file, resumed
+    moved = tmp_path / "tagged.jsonl"  # room found: the same file, resumed (its sidecar moves with it)
     moved.write_bytes(output.read_bytes())
+    sidecar_path(moved).write_bytes(sidecar_path(output).read_bytes())
     resumed = run_child(tmp_path, "--input", str(source), "--output", str(moved))
     assert resumed.returncode == 0, resumed.stderr
     assert f"{len(written)} already done" in resumed.stderr
