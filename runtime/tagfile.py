@@ -379,7 +379,8 @@ def _check_provenance(output: Path, provenance: Provenance, done: _Done) -> bool
     if raw is None:
         raise OutputError(f"--output {output} holds {done.records} records but no {path.name} saying which bundle and "
                           f"options wrote them (an mner-tag older than that file, or another program, wrote it), so "
-                          f"resuming could mix two models' records in one file: {start_again}")  # fmt: skip
+                          f"resuming could mix two models' records in one file: pass another --output, or delete "
+                          f"{output} to start again")  # fmt: skip
     try:
         meta = jsonlimits.loads(raw)
     except (jsonlimits.JsonLimitError, UnicodeDecodeError):

@@ -141,7 +141,8 @@ def test_an_output_with_records_but_no_sidecar_is_refused_and_an_empty_one_adopt
     output = tmp_path / "tagged.jsonl"
     tag_jsonl(StubPipeline(), source, output, progress=False)  # no provenance: as an older mner-tag wrote it
     assert not sidecar_path(output).exists()
-    with pytest.raises(OutputError, match=r"holds 3 records but no tagged.jsonl.meta.json saying which bundle"):
+    with pytest.raises(OutputError, match=r"holds 3 records but no tagged.jsonl.meta.json saying which bundle.*"
+                                          r"delete \S*tagged.jsonl to start again"):
         tag_jsonl(StubPipeline(), source, output, progress=False, provenance=provenance())
     sidecar_path(output).write_text("not json")
     with pytest.raises(OutputError, match=r"tagged.jsonl.meta.json is not an mner-tag sidecar"):
