@@ -23,6 +23,7 @@ from mner.runtime.bundle import LEGACY_SPLITTER
 from mner.runtime.decode import CRFParameters
 from mner.runtime.tags import TagScheme
 from mner.runtime.text import TextEncoder
+from mner.train.files import write_atomically
 from mner.train.model import MGCMT, ModelConfig
 
 CHECKPOINT_FORMAT = "mner-checkpoint"
@@ -82,7 +83,10 @@ def save_checkpoint(
     text_encoder: TextEncoder,
     **payload: Any,
 ) -> None:
-    """Write atomically (temporary file + rename): an interrupted save never leaves a half file."""
+    """Write atomically (temporary file + rename): an interrupted save never leaves a half file.
+
+    The file gets the mode any new file of the user's gets (``files.write_atomically``).
+    """
     module = unwrap(model)
     with tempfile.TemporaryDirectory() as tmp:
         text_encoder.save(tmp)
@@ -98,16 +102,7 @@ def save_checkpoint(
         "versions": package_versions(),
         **payload,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp_path)
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
+    write_atomically(path, lambda file: torch.save(state, file))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
