@@ -22,10 +22,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from mner.runtime.decode import DECODINGS, decode_words
 from mner.runtime.image import DETECTOR_SIZE
+from mner.runtime.progress import progress as progress_bar
 from mner.runtime.splitters import get_splitter
 from mner.runtime.tags import TagScheme
 from mner.runtime.text import TextEncoder, bert_cleaning_empties, label_ids
@@ -33,37 +33,21 @@ from mner.train.augment import build_augmentation_table, load_word_vectors, trai
 from mner.train.chars import SPECIALS as SPECIAL_CHARS
 from mner.train.chars import build_char_vocab, char_ids
 from mner.train.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from mner.train.config import DEFAULT_PRESET, SPLITS, TRAINING_DEFAULTS, TrainingDefaults  # noqa: F401 (re-exported)
 from mner.train.data import Post, check_entity_types, read_conll, sha256_file
+from mner.train.files import write_atomically
+from mner.train.history import HISTORY_JSONL, HISTORY_PNG, append_history, plot_history, write_history
 from mner.train.metrics import evaluate_entities, evaluate_reference
 from mner.train.model import MGCMT, ModelConfig
 
 logger = logging.getLogger(__name__)
-
-SPLITS = ("train", "valid", "test")
-
-
-@dataclass(frozen=True)
-class TrainingDefaults:
-    learning_rate: float
-    batch_size: int
-    epochs: int
-    warmup_proportion: float = 0.1  # the reference's warmup_proportion
-    weight_decay: float = 0.01  # BertAdam's, not applied to biases and LayerNorm
-
-
-# The paper's run: lr 3e-5, batch 24, 64 word-pieces, 75 epochs (IIE4MNER config.epoch_num) on a
-# pretrained BERT. The tiny preset learns from scratch, so it needs a much larger step.
-TRAINING_DEFAULTS = {
-    "paper": TrainingDefaults(learning_rate=3e-5, batch_size=24, epochs=75),
-    "tiny": TrainingDefaults(learning_rate=1e-3, batch_size=32, epochs=10),
-}
 
 
 @dataclass
 class TrainArgs:
     data_dir: Path
     out_dir: Path
-    preset: str = "paper"
+    preset: str = DEFAULT_PRESET  # "tiny": see config.DEFAULT_PRESET for why not "paper"
     bert: Path | None = None  # a local pretrained BERT directory (config, weights, vocab.txt)
     word_vectors: Path | None = None  # any gensim-loadable vectors; None = word2vec on the training text
     images_dir: Path | None = None  # <images_dir>/<IMGID>.jpg; None = every post without image
@@ -86,6 +70,9 @@ class TrainArgs:
     # recorded in best.pt and the bundle. TWITTER-2015/2017 were split by a tweet tokenizer.
     splitter: str = "tweet"
     model_overrides: dict[str, Any] = field(default_factory=dict)  # ablations: augmentation, fusion, aux_task
+    # How to run, not what to train: neither is recorded in best.pt (see RUN_ONLY).
+    threads: int | None = None  # torch's intra- and inter-op threads; None: torch's default
+    progress: bool | None = True  # False: no progress bars or progress log lines
 
     def resolved(self) -> "TrainArgs":
         if self.preset not in TRAINING_DEFAULTS:
@@ -98,10 +85,41 @@ class TrainArgs:
         }
         if values["epochs"] < 1 or values["batch_size"] < 1 or values["learning_rate"] <= 0:
             raise ValueError(f"epochs and batch size must be >= 1 and the learning rate > 0, got {values}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 (or None for torch's default), got {self.threads}")
         return dataclasses.replace(self, **values)
 
     def to_payload(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+        """The arguments recorded in best.pt: what was trained, not how the process ran."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()
+                if k not in RUN_ONLY}  # fmt: skip
+
+
+RUN_ONLY = ("threads", "progress")
+
+PAPER_WITHOUT_BERT = (
+    "--preset paper without --bert: the BERT-base-sized encoder (about 110M parameters) starts from random weights, "
+    "which learns next to nothing on TWITTER-sized data (dev F1 near 0). Pass --bert DIR, a local pretrained BERT "
+    "(e.g. bert-base-cased: config.json, model weights, vocab.txt), or train a small model from scratch with "
+    "--preset tiny."
+)
+TINY_WITH_BERT = (
+    "--preset tiny with --bert: the model takes the pretrained BERT's sizes, but tiny's training defaults are for "
+    "learning from scratch (learning rate %g, %d epochs) and would overwrite what BERT learned; --preset paper "
+    "fine-tunes it as the paper did (learning rate %g, %d epochs)."
+)
+
+
+def warn_about_preset(args: TrainArgs) -> None:
+    """Warn about a preset that does not fit the weights it starts from (with --bert or without).
+
+    ``args`` as given, before ``resolved()``: an explicit learning rate silences the tiny-with-BERT warning.
+    """
+    if args.preset == "paper" and args.bert is None:
+        logger.warning(PAPER_WITHOUT_BERT)
+    elif args.preset == "tiny" and args.bert is not None and args.learning_rate is None:
+        tiny, paper = TRAINING_DEFAULTS["tiny"], TRAINING_DEFAULTS["paper"]
+        logger.warning(TINY_WITH_BERT, tiny.learning_rate, tiny.epochs, paper.learning_rate, paper.epochs)
 
 
 @dataclass
@@ -147,6 +165,23 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` CPU threads for torch's operators (None: leave torch's default).
+
+    torch's default is one thread per core, which on a shared or busy machine fights the
+    other processes: two OpenMP threads on a loaded 2-core machine ran about 10x slower than one.
+    """
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # settable once per process, before any inter-op work; intra-op is what matters
+        logger.debug("inter-op threads already fixed at %d; left as they are", torch.get_num_interop_threads())
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -185,11 +220,13 @@ def build_text_encoder(args: TrainArgs, splits: dict[str, list[Post]], config: M
     # unsupervised, so covering dev/test words uses no labels.
     all_words = [word for posts in splits.values() for post in posts for word in post.words]
     table, aug_vocab = build_augmentation_table(vectors, all_words)
+    # --max-length, else the preset's: the encoder cuts posts where the model's config says it does
+    max_length = args.max_length or config.max_length
     if args.bert is not None:
-        encoder = TextEncoder.from_bert_dir(args.bert, aug_vocab=aug_vocab, max_length=config.max_length)
+        encoder = TextEncoder.from_bert_dir(args.bert, aug_vocab=aug_vocab, max_length=max_length)
     else:
         tokenizer = train_wordpiece(train_words, vocab_size=config.vocab_size)
-        encoder = TextEncoder(tokenizer, aug_vocab, max_length=config.max_length)
+        encoder = TextEncoder(tokenizer, aug_vocab, max_length=max_length)
     return encoder, table, vectors
 
 
@@ -227,7 +264,8 @@ def model_config_for(args: TrainArgs, scheme: TagScheme, vocab_size: int, table_
 
 def encode_split(
     posts: list[Post], encoder: TextEncoder, scheme: TagScheme, config: ModelConfig, char_vocab: dict[str, int] | None
-) -> list[Example]:
+) -> tuple[list[Example], int]:
+    """The split's examples, and how many of its posts were truncated to max_length word-pieces."""
     examples = []
     truncated = 0
     for index, (post, encoded) in enumerate(zip(posts, encoder.encode_many([post.words for post in posts]))):
@@ -245,9 +283,19 @@ def encode_split(
                 char_ids=char_ids(encoded, post.words, char_vocab, config.max_word_chars) if config.char_cnn else None,
             )
         )
-    if truncated:
-        logger.warning("%d of %d posts exceed %d word-pieces and were truncated", truncated, len(posts), encoder.max_length)
-    return examples
+    return examples, truncated
+
+
+TRUNCATED_IN_TRAINING = "words past the cut are neither trained on nor scored; --max-length raises the limit"
+TRUNCATED_IN_EVALUATION = "words past the cut are not scored; the checkpoint's limit was set by mner-train --max-length"
+
+
+def warn_truncated(counts: dict[str, tuple[int, int]], max_length: int, consequence: str) -> None:
+    """One warning for the whole run naming each split (or file) with truncated posts: {name: (truncated, posts)}."""
+    shown = [f"{name} {truncated} of {total}" for name, (truncated, total) in counts.items() if truncated]
+    if shown:
+        logger.warning("posts longer than %d word-pieces were cut at that length (%s): %s", max_length, consequence,
+                       ", ".join(shown))  # fmt: skip
 
 
 def split_features(args: TrainArgs, posts: list[Post], config: ModelConfig) -> Features:
@@ -260,7 +308,7 @@ def split_features(args: TrainArgs, posts: list[Post], config: ModelConfig) -> F
     grid_encoder = GridEncoder.from_weights(args.resnet_weights, arch=args.grid_arch, seed=args.seed).to(device)
     detector = ObjectDetector.from_weights(args.detector_weights, size=args.detector_size, seed=args.seed).to(device)
     cache = FeatureCache(args.feature_cache or args.out_dir / "features", grid_encoder, detector,
-                         max_objects=config.num_objects)  # fmt: skip
+                         max_objects=config.num_objects, progress=args.progress)  # fmt: skip
     paths = [args.images_dir / f"{post.image_id}.jpg" if post.image_id else None for post in posts]
     features = cache.get_or_compute(paths)
     # float16 halves the memory of a split's grids (TWITTER-2017 train: 1.4 GB -> 0.7 GB); the model upcasts.
@@ -338,7 +386,7 @@ def batches(examples: list[Example], batch_size: int, order: list[int]) -> Itera
 @torch.no_grad()
 def predict(
     model: MGCMT, examples: list[Example], features: Features, scheme: TagScheme, pad_id: int,
-    device: torch.device, batch_size: int = 64, progress: bool = False, decoding: str = "constrained",
+    device: torch.device, batch_size: int = 64, progress: bool | None = False, decoding: str = "constrained",
 ) -> list[list[str]]:  # fmt: skip
     """Word tags for every example, in order (deterministic: eval mode, no sampling).
 
@@ -350,13 +398,15 @@ def predict(
     crf = model.crf.host_parameters()
     predictions: list[list[str]] = []
     order = list(range(len(examples)))
-    for chunk in tqdm(list(batches(examples, batch_size, order)), desc="decode", disable=not progress, leave=False):
-        batch = collate(chunk, features, model.config, pad_id)
-        emissions, _ = model(**model_inputs(batch, device))
-        lengths = batch["attention_mask"].sum(dim=1).numpy()
-        decoded = decode_words(emissions.float().cpu().numpy(), lengths, batch["roles"].numpy(), scheme, crf,
-                               decoding=decoding)  # fmt: skip
-        predictions.extend(decoded.word_tags)
+    with progress_bar(len(examples), desc="decode", unit="post", enabled=progress is not False, leave=False) as bar:
+        for chunk in batches(examples, batch_size, order):
+            batch = collate(chunk, features, model.config, pad_id)
+            emissions, _ = model(**model_inputs(batch, device))
+            lengths = batch["attention_mask"].sum(dim=1).numpy()
+            decoded = decode_words(emissions.float().cpu().numpy(), lengths, batch["roles"].numpy(), scheme, crf,
+                                   decoding=decoding)  # fmt: skip
+            predictions.extend(decoded.word_tags)
+            bar.update(len(chunk))
     model.train(was_training)
     return predictions
 
@@ -399,10 +449,13 @@ def _distributed() -> tuple[int, int]:
 
 
 def train(args: TrainArgs) -> dict[str, Any]:
-    """Train, write <out_dir>/best.pt and last.pt, and return the summary (dev/test F1, time)."""
-    args = args.resolved()
+    """Train into <out_dir>: best.pt, last.pt, history.jsonl, history.png; return the summary (dev/test F1, time)."""
+    requested, args = args, args.resolved()
     started = time.perf_counter()
+    set_threads(args.threads)
     rank, world = _distributed()
+    if rank == 0:
+        warn_about_preset(requested)
     device = resolve_device(args.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -427,7 +480,11 @@ def train(args: TrainArgs) -> dict[str, Any]:
     model = build_model(args, config).to(device)
     if config.augmentation != "none":
         model.set_augmentation_table(torch.from_numpy(table).to(device))
-    examples = {split: encode_split(posts, encoder, scheme, config, char_vocab) for split, posts in splits.items()}
+    encoded = {split: encode_split(posts, encoder, scheme, config, char_vocab) for split, posts in splits.items()}
+    examples = {split: split_examples for split, (split_examples, _) in encoded.items()}
+    if rank == 0:  # once per run, not once per torchrun process
+        warn_truncated({split: (truncated, len(splits[split])) for split, (_, truncated) in encoded.items()},
+                       encoder.max_length, TRUNCATED_IN_TRAINING)  # fmt: skip
     features = {split: split_features(args, posts, config) for split, posts in splits.items()}
     pad_id = encoder.pad_id
 
@@ -439,6 +496,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
     state = {"epoch": 0, "best_dev_f1": -1.0, "history": []}
 
     last_path, best_path = args.out_dir / "last.pt", args.out_dir / "best.pt"
+    history_path, plot_path = args.out_dir / HISTORY_JSONL, args.out_dir / HISTORY_PNG
     if args.resume:
         if not last_path.is_file():
             raise ValueError(f"--resume: {last_path} does not exist; train without --resume first")
@@ -453,6 +511,12 @@ def train(args: TrainArgs) -> dict[str, Any]:
         np.random.set_state(resume_state["rng"]["numpy"])
         torch.set_rng_state(resume_state["rng"]["torch"])
         logger.info("resuming after epoch %d (best dev F1 %.4f)", state["epoch"], state["best_dev_f1"])
+    if rank == 0:
+        # From last.pt's records: an epoch logged but not saved before an interruption is run
+        # again, and must not be listed twice. A fresh run starts an empty file.
+        write_history(history_path, state["history"])
+    # Wall time of the epochs before a resume counts in elapsed_s too.
+    elapsed_before = state["history"][-1].get("elapsed_s", 0.0) if state["history"] else 0.0
 
     trained = model
     if world > 1:
@@ -466,8 +530,11 @@ def train(args: TrainArgs) -> dict[str, Any]:
         groups = bucketed_order(train_lengths, args.batch_size, rng)
         groups = groups[: len(groups) - len(groups) % world][rank::world]  # equal step counts, or DDP would hang
         losses = []
-        progress = tqdm(groups, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0, leave=False)
-        for group in progress:
+        epoch_started = time.perf_counter()
+        learning_rate = optimizer.param_groups[0]["lr"]
+        bar = progress_bar(len(groups), desc=f"epoch {epoch + 1}/{args.epochs}", unit="step",
+                           enabled=args.progress is not False and rank == 0, leave=False)  # fmt: skip
+        for group in groups:
             chunk = [train_examples[i] for i in group]
             batch = collate(chunk, features["train"], config, pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -476,27 +543,41 @@ def train(args: TrainArgs) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            learning_rate = optimizer.param_groups[0]["lr"]  # the rate this step used
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
-            progress.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        bar.close()
         state["epoch"] = epoch + 1
         if rank == 0:
             dev = f1_of(model, examples["valid"], features["valid"], scheme, pad_id, device)
-            record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "dev_f1": dev["micro"]["f1"],
-                      "elapsed_s": round(time.perf_counter() - started, 1)}  # fmt: skip
+            now = time.perf_counter()
+            micro = dev["micro"]
+            record = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 6),
+                      "dev_precision": round(micro["precision"], 6), "dev_recall": round(micro["recall"], 6),
+                      "dev_f1": round(micro["f1"], 6), "learning_rate": learning_rate,
+                      "seconds": round(now - epoch_started, 1),
+                      "elapsed_s": round(elapsed_before + now - started, 1)}  # fmt: skip
             state["history"].append(record)
-            logger.info("epoch %d: loss %.4f, dev F1 %.4f", epoch + 1, record["loss"], record["dev_f1"])
+            logger.info("epoch %d/%d: loss %.4f, dev P %.4f R %.4f F1 %.4f, lr %.2g, %.0f s", epoch + 1, args.epochs,
+                        record["loss"], record["dev_precision"], record["dev_recall"], record["dev_f1"],
+                        learning_rate, record["seconds"])  # fmt: skip
             if dev["micro"]["f1"] > state["best_dev_f1"]:
                 state["best_dev_f1"] = dev["micro"]["f1"]
                 save_checkpoint(best_path, model, scheme, encoder, train_args=args.to_payload(), char_vocab=char_vocab,
                                 data_hashes=data_hashes, metrics={"dev": dev, "epoch": epoch + 1})  # fmt: skip
-            torch.save({
+            last_state = {
                 "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "progress": state, "data_hashes": data_hashes,
                 "model_config": config.to_dict(),
                 "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
-            }, last_path)  # fmt: skip
+            }  # fmt: skip
+            write_atomically(last_path, lambda file: torch.save(last_state, file))  # same mode as best.pt
+            # After last.pt: the file never lists an epoch that --resume would run again.
+            append_history(history_path, record)
+            plot_history(plot_path, state["history"], title=f"mner-train --preset {args.preset}: {args.out_dir.name}")
         if world > 1:
             torch.distributed.barrier()
 
@@ -525,8 +606,15 @@ def evaluate_checkpoint(
     detector_weights: Path | None = None,
     device: str = "auto",
     decoding: str = "constrained",
+    batch_size: int = 64,
+    max_posts: int | None = None,
+    threads: int | None = None,
+    progress: bool | None = True,
 ) -> dict[str, Any]:
     """Entity-level scores of a checkpoint on one CoNLL + IMGID file (deterministic).
+
+    ``max_posts``: score only the file's first N posts. ``threads``: torch's CPU threads
+    (``set_threads``). ``progress``: False shows no progress.
 
     decoding "constrained" (default): well-formed BIO word tags, scored with conlleval's
     rules, as training and the runtime do. "reference": as the authors' evaluation, to
@@ -538,6 +626,11 @@ def evaluate_checkpoint(
     """
     if decoding not in DECODINGS:
         raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_posts is not None and max_posts < 1:
+        raise ValueError(f"max_posts must be >= 1 (or None for every post), got {max_posts}")
+    set_threads(threads)
     torch_device = resolve_device(device)
     checkpoint = load_checkpoint(checkpoint_path, map_location=torch_device)
     model = checkpoint.model.to(torch_device)
@@ -545,27 +638,31 @@ def evaluate_checkpoint(
     if not posts:
         raise ValueError(f"{data_path} holds no posts")
     check_entity_types(posts, checkpoint.scheme.entity_types, str(data_path), f"checkpoint {checkpoint_path}")
+    posts = posts[:max_posts] if max_posts else posts
     if decoding == "reference":
         posts = [_without_emptied_words(post) for post in posts]
     encoder, config = checkpoint.text_encoder, checkpoint.config
     examples = []
+    truncated = 0
     for index, (post, encoded) in enumerate(zip(posts, encoder.encode_many([post.words for post in posts]))):
+        truncated += int(encoded.truncated)
         unused_labels = np.zeros(len(encoded.input_ids), dtype=np.int64)  # decoding needs no gold label ids
         chars = None
         if config.char_cnn:
             chars = char_ids(encoded, post.words, checkpoint.payload["char_vocab"], config.max_word_chars)
         examples.append(Example(encoded.input_ids, encoded.aug_ids, encoded.roles, unused_labels, unused_labels,
                                 list(post.tags[: encoded.n_words]), index, chars))  # fmt: skip
+    warn_truncated({str(data_path): (truncated, len(posts))}, encoder.max_length, TRUNCATED_IN_EVALUATION)
     trained_with = checkpoint.payload.get("train_args", {})
     # The frozen encoders must be the ones training saw: same architecture, size and (for random weights) seed.
     args = TrainArgs(data_dir=data_path.parent, out_dir=checkpoint_path.parent, images_dir=images_dir,
                      resnet_weights=resnet_weights, detector_weights=detector_weights, device=device,
                      grid_arch=trained_with.get("grid_arch", "resnet152"),
                      detector_size=trained_with.get("detector_size", DETECTOR_SIZE),
-                     seed=trained_with.get("seed", 42))  # fmt: skip
+                     seed=trained_with.get("seed", 42), progress=progress)  # fmt: skip
     features = split_features(args, posts, config)
-    predictions = predict(model, examples, features, checkpoint.scheme, encoder.pad_id, torch_device, progress=True,
-                          decoding=decoding)  # fmt: skip
+    predictions = predict(model, examples, features, checkpoint.scheme, encoder.pad_id, torch_device,
+                          batch_size=batch_size, progress=progress is not False, decoding=decoding)  # fmt: skip
     score = evaluate_reference if decoding == "reference" else evaluate_entities
     return {**score([e.word_tags for e in examples], predictions), "decoding": decoding}
 

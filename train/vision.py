@@ -35,10 +35,10 @@ import torchvision
 from torch import nn
 from torch.nn import functional as F
 from torchvision.models.detection.image_list import ImageList
-from tqdm.auto import tqdm
 
 from mner.runtime.bundle import sha256_file
 from mner.runtime.coco import select_objects
+from mner.runtime.progress import progress as progress_bar
 from mner.runtime.image import DETECTOR_SIZE, MAX_PIXELS, preprocess_images, preprocessing_constants
 
 logger = logging.getLogger(__name__)
@@ -216,6 +216,7 @@ class FeatureCache:
         max_objects: int = 5,
         max_pixels: int = MAX_PIXELS,
         progress_min: int = 64,
+        progress: bool | None = True,
     ):
         if not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -227,7 +228,8 @@ class FeatureCache:
         self.selection = {"score_threshold": score_threshold, "iou_threshold": iou_threshold, "max_objects": max_objects}
         select_objects(np.zeros((0, 1)), np.zeros((0, 1), np.int64), np.zeros((0, 1, 4)), **self.selection)  # validates
         self.max_pixels = max_pixels
-        self.progress_min = progress_min
+        self.progress_min = progress_min  # fewer pictures to compute than this: no progress shown
+        self.progress = progress  # False (--no-progress): none at all
         constants = preprocessing_constants()
         constants["detector_size"] = detector.size
         constants["max_pixels"] = max_pixels
@@ -266,7 +268,8 @@ class FeatureCache:
                 pending.setdefault(digest, []).append(row)
 
         work = list(pending.items())
-        with tqdm(total=len(work), desc="image features", unit="img", disable=len(work) < self.progress_min) as bar:
+        shown = self.progress is not False and len(work) >= self.progress_min
+        with progress_bar(len(work), desc="image features", unit="img", enabled=shown) as bar:
             for start in range(0, len(work), self.batch_size):
                 chunk = work[start : start + self.batch_size]
                 results = self._compute([(image_paths[rows[0]], digest) for digest, rows in chunk])
