@@ -102,7 +102,7 @@ and gets no .meta.json; the summary and progress go to stderr.
 @clikit.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE,
                help="Posts per batch; each batch is written (and fsynced) as one.")
 @clikit.option("--threads", type=click.IntRange(min=1),
-               help="Intra-op threads of ONNX Runtime (torch: of torch). Default: theirs (one per core).")
+               help="ort only: ONNX Runtime's intra-op threads per graph. Default: its own (one per core).")
 @clikit.option("--on-bad-image", type=click.Choice(BAD_IMAGE_POLICIES),
                help="A picture that cannot be used: an error record, or tag the text alone. "
                     "Default: error for --input, text-only for --conll.")
@@ -135,6 +135,8 @@ def tag_command(bundle, input_path, conll_path, output, images, backend, device,
         raise click.UsageError("give exactly one of --input (JSONL) and --conll (CoNLL + IMGID)")
     if metrics_path is not None and conll_path is None:
         raise click.UsageError("--metrics goes with --conll")
+    if threads is not None and backend != "ort":
+        raise click.UsageError(f"--threads sets ONNX Runtime's threads: it goes with --backend ort, not {backend}")
     if on_bad_image is None:
         on_bad_image = "error" if input_path is not None else "text-only"
     to_stdout = str(output) == STDIO

@@ -181,6 +181,21 @@ def test_bundle_sha256_is_the_manifests_and_a_missing_manifest_is_refused(tmp_pa
 # --------------------------------------------------------------------------- streams, on a stub pipeline
 
 
+def test_threads_go_with_the_ort_backend_only(tmp_path):
+    source = write_lines(tmp_path / "in.jsonl", POSTS)
+    result = CliRunner().invoke(tag_command, ["--engine", str(tmp_path), "--input", str(source), "-o", "-",
+                                              "--backend", "torch", "--threads", "2"])  # fmt: skip
+    assert result.exit_code == EXIT_USAGE and "--threads sets ONNX Runtime's threads" in result.stderr
+
+
+def test_stdin_redirected_from_the_output_file_is_refused(tmp_path):
+    output = tmp_path / "tagged.jsonl"
+    output.write_bytes(jsonl(POSTS))
+    with open(output, "rb") as stdin, pytest.raises(OutputError, match=r"is the --input file \(stdin\)"):
+        tag_jsonl(StubPipeline(), stdin, output, progress=False)
+    assert output.read_bytes() == jsonl(POSTS)
+
+
 def test_stdin_to_a_stream_writes_no_sidecar_and_reads_pictures_under_the_current_directory(tmp_path, monkeypatch):
     import io
 
