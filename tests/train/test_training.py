@@ -206,7 +206,7 @@ def test_cli_describe_and_eval(trained, corpus):
     metrics = json.loads(result.output[result.output.index("{"):])
     assert metrics["micro"]["f1"] == pytest.approx(summary["test"]["micro"]["f1"])
     result = runner.invoke(train_command, ["--preset", "tiny"])
-    assert result.exit_code != 0 and "--data and --out are required" in result.output
+    assert result.exit_code != 0 and "--data and --output are required" in result.output
 
 
 # --- mner-convert ------------------------------------------------------------------------------------
@@ -369,7 +369,7 @@ def test_convert_with_vocab_from_data_names_the_data_s_fourth_type(tmp_path):
     ours, files = fake_reference_checkpoint(tmp_path, scheme, reference_labels_for(scheme.entity_types),
                                             rows=max(vocab.values()) + 1)  # fmt: skip
     arguments = [part for option, path in files.items() for part in (option, str(path))]
-    result = CliRunner().invoke(convert_command, [*arguments, "--vocab-from-data", str(data), "--out",
+    result = CliRunner().invoke(convert_command, [*arguments, "--vocab-from-data", str(data), "-o",
                                                   str(tmp_path / "best.pt")])  # fmt: skip
     assert result.exit_code == 0, result.output
     converted = load_checkpoint(tmp_path / "best.pt")
@@ -378,7 +378,7 @@ def test_convert_with_vocab_from_data_names_the_data_s_fourth_type(tmp_path):
     for key, value in ours.state_dict().items():  # the OTHER rows came from their MISC slot
         assert torch.equal(state[key], value), key
 
-    # An explicit MISC label list disagrees with the data: refused, naming both sets.
+    # An explicit MISC label list disagrees with the data: refused, naming both sets (--out: the old spelling).
     labels = "O,B-MISC,I-MISC,B-PER,I-PER,B-ORG,I-ORG,B-LOC,I-LOC,X,[CLS],[SEP]"
     result = CliRunner().invoke(convert_command, [*arguments, "--vocab-from-data", str(data), "--labels", labels,
                                                   "--out", str(tmp_path / "misc.pt")])  # fmt: skip
