@@ -214,6 +214,8 @@ class Pipeline:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if chunk_pieces is not None and (not isinstance(chunk_pieces, int) or chunk_pieces < 1):
             raise ValueError(f"chunk_pieces must be a positive int or None, got {chunk_pieces!r}")
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+            raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
         if (detector is None) != (vision is None):
@@ -278,8 +280,9 @@ class Pipeline:
         "fp16"), "trt" (the bundle's TensorRT engines for this GPU and TensorRT version)
         or "torch" (the PyTorch reference, rebuilt from ``checkpoint`` and the vision /
         detector weights the bundle was exported from). ``options`` go to the constructor
-        (batch_size, on_bad_image, max_length, chunk_pieces, and splitter, which defaults to
-        the one the bundle names: how the model's training text was split).
+        (batch_size, on_bad_image, max_length, chunk_pieces, max_pixels, which defaults to the
+        bundle's, and splitter, which defaults to the one the bundle names: how the model's
+        training text was split).
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -308,6 +311,7 @@ class Pipeline:
                                          detector_weights=detector_weights, device=device or "cpu"))  # fmt: skip
         image = bundle.image_settings
         options.setdefault("splitter", bundle.splitter)
+        options.setdefault("max_pixels", int(image.get("max_pixels", MAX_PIXELS)))
         return cls(
             encoder=bundle.text_encoder(),
             scheme=bundle.scheme,
@@ -317,7 +321,6 @@ class Pipeline:
             vision=runners.get("vision"),
             object_settings=bundle.object_settings if bundle.has_images else None,
             detector_size=image.get("detector_size") if bundle.has_images else None,
-            max_pixels=int(image.get("max_pixels", MAX_PIXELS)),
             **options,
         )
 
