@@ -2,7 +2,12 @@
 
     POST /v1/tag        {"text": "...", "image_base64": "..."?}  or multipart: text field + image file
     POST /v1/tag/batch  {"posts": [{"text", "image_base64"?}, ...]}
-    GET  /healthz  /readyz  /metrics  /docs  /openapi.json
+    GET  /healthz  /readyz  /metrics (Prometheus text)  /openapi.json
+    GET  /docs (Swagger UI)  /redoc (ReDoc): their scripts and styles served from the fastapi-offline
+         package under /static-offline-docs, so the pages work without a network
+
+The request and response shapes, and each status an endpoint returns, are documented by runtime.serve_api's
+models in the OpenAPI document.
 
 A tagged post is answered as ``mner-tag`` writes it: {"entities": [...], "objects": [...]}
 (plus "image_error" where a picture was dropped). Every refusal, whatever its status, is a JSON
@@ -11,11 +16,11 @@ header): 400 for malformed JSON, JSON past jsonlimits' limits (nesting, integer 
 NaN/Infinity, 1e999), too many JSON values, malformed multipart or malformed HTTP; 404/405 for
 a path or method the API lacks; 408 for headers past --header-timeout-s or a body past
 --body-timeout-s; 413 for a body over --max-body-bytes; 415 for another content type; 422 for
-a text over --max-text-chars, a picture over the pixel limit, too many posts, a request over
+a text over --max-text-chars, a picture over --max-pixels, too many posts, a request over
 budget, invalid base64, a corrupt picture, an empty text or a text with a lone surrogate (JSON
 "\\ud800", kind "bad text": refused before batching, so it never shares a batch); 503 +
-Retry-After when the queue is full, the bundle is still warming up or the connection is past
---max-connections; 504 past --timeout-s; 500 for a post whose tagging raised (the pipeline then
+Retry-After when the queue is full, the bundle is still warming up (kind "not ready": counted in
+mner_not_ready_total, not mner_errors_total) or the connection is past --max-connections; 504 past --timeout-s; 500 for a post whose tagging raised (the pipeline then
 tags the rest of its batch alone) or a bug (logged; the connection stays open). /v1/tag/batch
 answers 200 with each bad post's own {"error": {...}} in its place among the others' results;
 only a request that is wrong as a whole (not a list, too many posts, over the request budget,
@@ -37,17 +42,23 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import h11
 import uvicorn
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
+from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -55,16 +66,17 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from mner.runtime import jsonlimits
+from mner.runtime import jsonlimits, serve_api
 from mner.runtime.image import ImageError, read_header
 from mner.runtime.pipeline import TAGGING_FAILED, Pipeline, Post, TagResult
 from mner.runtime.serve_batcher import Batcher, Metrics, QueueFull, ServeConfig  # noqa: F401 -- ServeConfig is part of this API
 from mner.runtime.serve_budget import OverBudget, post_costs
-from mner.runtime.serve_limits import HttpLimits  # noqa: F401 -- part of this API, as ServeConfig
+from mner.runtime.serve_limits import HttpLimits
 from mner.runtime.tagfile import decode_base64, result_record
 from mner.runtime.textcheck import text_problem
 
 logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("mner.access")  # one INFO line per request, with --access-log
 
 WARMUP_TEXT = "Warm up the tagger in Paris"
 
@@ -102,24 +114,51 @@ class ApiError(Exception):
 
 # --------------------------------------------------------------------------- the app
 
-_POST_SCHEMA = {
-    "type": "object",
-    "required": ["text"],
-    "properties": {"text": {"type": "string"}, "image_base64": {"type": "string", "description": "JPEG/PNG/GIF/BMP/WEBP bytes"}},
-}
-_TAG_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": _POST_SCHEMA},
-    "multipart/form-data": {"schema": {"type": "object", "required": ["text"], "properties": {
-        "text": {"type": "string"}, "image": {"type": "string", "format": "binary"}}}},
-}}}  # fmt: skip
-_BATCH_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
-    "type": "object", "required": ["posts"], "properties": {"posts": {"type": "array", "items": _POST_SCHEMA}}}}}}}  # fmt: skip
+@dataclass(frozen=True)
+class BundleInfo:
+    """What the server serves, for its start-up line and the mner_bundle_info metric."""
+
+    path: str
+    sha256: str  # of manifest.json, which lists every file's sha256: it names the bundle's whole content
+    backend: str
+    device: str
+    precision: str  # what the runners run: fp32 or fp16 (TensorRT engines are built from the FP16 graphs)
+    verified: bool  # the files' sha256 were checked against the manifest at start (not with --no-verify)
+    stages: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, path: str | Path, *, backend: str, device: str | None, precision: str, verified: bool,
+           stages: tuple[str, ...] = ()) -> BundleInfo:  # fmt: skip
+        """For the bundle at ``path`` (read: its manifest.json, a few kilobytes)."""
+        path = Path(path)
+        sha = hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()
+        return cls(str(path), sha, backend, device or ("cuda" if backend == "trt" else "cpu"),
+                   "fp16" if backend == "trt" else precision, verified, tuple(stages))  # fmt: skip
 
 
-def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig(), limits: HttpLimits = HttpLimits()) -> FastAPI:
+class _PrometheusText(Response):
+    """/metrics' response class: the OpenAPI document then declares Prometheus' text format, not JSON."""
+
+    media_type = CONTENT_TYPE_LATEST
+
+
+_DESCRIPTION = """Multimodal named-entity recognition for posts: text and an optional picture.
+
+Every refusal, whatever its status, is `{"error": {"kind", "message"[, "limit", "value"]}}` (the kind also in the
+`x-error-kind` header); `limit` names the mner-serve option broken (`max_text_chars` is `--max-text-chars`).
+Each endpoint lists the statuses it returns; any path the API lacks is a 404 and any method a path lacks a 405,
+in the same shape. `/v1/tag/batch` answers 200 with each bad post's own error in its place among the results."""
+
+
+def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig(), limits: HttpLimits = HttpLimits(), *,
+               bundle: BundleInfo | None = None, access_log: bool = False) -> FastAPI:  # fmt: skip
     """The ASGI app serving ``pipeline``; its lifespan starts the batcher (warm-up included) and drains it.
-    ``app.state.drain`` is the switch serve() turns on at SIGTERM."""
+    ``app.state.drain`` is the switch serve() turns on at SIGTERM. ``bundle`` fills the mner_bundle_info metric;
+    ``access_log`` logs a line per request on the "mner.access" logger."""
     metrics = Metrics()
+    if bundle is not None:
+        metrics.bundle.info({"sha256": bundle.sha256, "backend": bundle.backend, "device": bundle.device,
+                             "precision": bundle.precision, "stages": ",".join(bundle.stages)})  # fmt: skip
     warmup = [Post(WARMUP_TEXT)]
     if pipeline.has_images:
         warmup.append(Post(WARMUP_TEXT, _warmup_picture()))
@@ -133,13 +172,16 @@ def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig(), limits: 
         await asyncio.to_thread(batcher.close)
         logger.warning("mner-serve stopped: %d tagging requests accepted, %d answered", counts["accepted"], counts["answered"])
 
-    app = FastAPI(title="mner-serve", version="1", lifespan=lifespan,
-                  description="Multimodal named-entity recognition for posts: text and an optional picture.")  # fmt: skip
+    # FastAPIOffline: FastAPI whose /docs (Swagger UI) and /redoc load their scripts from this server
+    # (/static-offline-docs, the files the fastapi-offline package ships), not from a CDN. The online validator
+    # badge of Swagger UI would fetch from the network: off.
+    app = FastAPIOffline(title="mner-serve", version="1", lifespan=lifespan, description=_DESCRIPTION,
+                         swagger_ui_parameters={"validatorUrl": None})  # fmt: skip
     drain = Drain()
     app.state.batcher, app.state.metrics, app.state.config, app.state.counts = batcher, metrics, config, counts
     app.state.limits, app.state.drain = limits, drain
 
-    app.add_middleware(_Accounting, metrics=metrics, counts=counts, drain=drain)
+    app.add_middleware(_Accounting, metrics=metrics, counts=counts, drain=drain, access_log=access_log)
 
     @app.exception_handler(ApiError)
     async def refuse(request: Request, error: ApiError) -> JSONResponse:
@@ -150,7 +192,7 @@ def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig(), limits: 
         """FastAPI's own refusals (no such path: 404; a method the path lacks: 405) in the service's error shape."""
         if error.status_code == 404:
             message = f"nothing at {request.url.path}; the endpoints are POST /v1/tag, POST /v1/tag/batch, GET /healthz, " \
-                      "/readyz, /metrics, /docs"  # fmt: skip
+                      "/readyz, /metrics, /docs, /redoc, /openapi.json"  # fmt: skip
         elif error.status_code == 405:
             allowed = (error.headers or {}).get("Allow", "")
             message = f"{request.method} is not allowed on {request.url.path} (allowed: {allowed})"
@@ -159,26 +201,38 @@ def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig(), limits: 
         kind = HTTPStatus(error.status_code).phrase.lower() if error.status_code in HTTPStatus._value2member_map_ else "http"
         return _error_response(ApiError(error.status_code, kind, message, headers=error.headers))
 
-    @app.get("/healthz", summary="The process is alive")
+    @app.get("/healthz", summary="The process is alive", response_model=serve_api.Health,
+             responses=serve_api.error_responses("/healthz"))  # fmt: skip
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="The bundle is loaded and warmed up, and the server is not draining")
+    @app.get("/readyz", summary="The bundle is loaded and warmed up, and the server is not draining",
+             response_model=serve_api.Ready,
+             responses={**serve_api.error_responses("/readyz"), 503: {
+                 "model": serve_api.NotReady, "description": "warming up (status 'not ready'), warm-up failed, "
+                 "draining after SIGTERM, or the connection is past --max-connections (an error body); Retry-After: 1"}})
     async def readyz() -> JSONResponse:
         if drain.active:  # a load balancer stops sending here; requests that still come are answered
             status, message = "draining", "shutting down: finishing the requests accepted, then exiting"
         elif batcher.ready.is_set():
             return JSONResponse({"status": "ready"})
+        elif batcher.failed:
+            status, message = WARMUP_FAILED, batcher.failed
         else:
-            status, message = "not ready", batcher.failed or "warming up"
+            status, message = NOT_READY, "warming up"
         return JSONResponse({"status": status, "error": {"kind": status, "message": message}}, status_code=503,
                             headers={"Retry-After": "1", "x-error-kind": status})  # fmt: skip
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=_PrometheusText,
+             responses={200: {"description": "mner_* metrics of requests, errors, batches and the queue; "
+                                             "mner_bundle_info; process_* and python_* of the process"},
+                        **serve_api.error_responses("/metrics", json_route=False)})  # fmt: skip
     async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return _PrometheusText(generate_latest(metrics.registry))
 
-    @app.post("/v1/tag", summary="Tag one post", openapi_extra=_TAG_BODY)
+    @app.post("/v1/tag", summary="Tag one post (JSON, or multipart/form-data with a picture file)",
+              openapi_extra=serve_api.request_body(multipart=True), response_model=serve_api.TagOut,
+              responses=serve_api.error_responses("/v1/tag"))  # fmt: skip
     async def tag_one(request: Request) -> JSONResponse:
         post = await _read_post(request, config, pipeline.max_pixels)
         (result,) = await _tag(batcher, config, pipeline, [post], ["the post"])
@@ -187,15 +241,18 @@ def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig(), limits: 
             raise error
         return JSONResponse(result_record(result, with_tags=False))
 
-    @app.post("/v1/tag/batch", summary=f"Tag up to --max-posts posts ({config.max_posts} here)", openapi_extra=_BATCH_BODY)
+    @app.post("/v1/tag/batch", summary=f"Tag up to --max-request-posts posts ({config.max_request_posts} here)",
+              openapi_extra=serve_api.request_body(multipart=False), response_model=serve_api.BatchOut,
+              responses=serve_api.error_responses("/v1/tag/batch"))  # fmt: skip
     async def tag_batch(request: Request) -> JSONResponse:
-        value = await _json_body(await _read_body(request, config, json_only=True), posts=config.max_posts, config=config)
+        most = config.max_request_posts
+        value = await _json_body(await _read_body(request, config, json_only=True), posts=most, config=config)
         posts = value.get("posts") if isinstance(value, dict) else None
         if not isinstance(posts, list) or not posts:
             raise ApiError(422, "invalid request", 'expected {"posts": [{"text", "image_base64"?}, ...]} with at least one post')
-        if len(posts) > config.max_posts:
-            raise ApiError(422, "too many posts", f"{len(posts)} posts in one call, over the limit of {config.max_posts}",
-                           limit="max_posts", value=config.max_posts)  # fmt: skip
+        if len(posts) > most:
+            raise ApiError(422, "too many posts", f"{len(posts)} posts in one call, over the limit of {most}",
+                           limit="max_request_posts", value=most)  # fmt: skip
         # A post that cannot be read is that post's error, in its place; the others are tagged (as mner-tag does).
         checked: list[Post | ApiError] = []
         for i, post in enumerate(posts):
@@ -220,24 +277,40 @@ def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig(), limits: 
             records.append(error.body())
         return JSONResponse({"results": records})
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document plus the request models, which the handlers read themselves (serve_api)."""
+        if app.openapi_schema is None:
+            document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            _, schemas = models_json_schema([(model, "validation") for model in serve_api.REQUEST_MODELS],
+                                            ref_template="#/components/schemas/{model}")  # fmt: skip
+            document.setdefault("components", {}).setdefault("schemas", {}).update(schemas["$defs"])
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
+
+
+NOT_READY, WARMUP_FAILED = "not ready", "warm-up failed"  # the error kinds of a server not (yet) able to tag
+_NOT_READY_REASONS = {NOT_READY: "warming up", "draining": "draining"}  # kinds counted apart from mner_errors_total
 
 
 _ENDPOINTS = frozenset({"/v1/tag", "/v1/tag/batch", "/healthz", "/readyz", "/metrics"})
 
 
 class _Accounting:
-    """ASGI middleware: requests by endpoint and status, errors by kind (the x-error-kind header), latency,
-    and the accepted/answered counts of tagging requests logged at shutdown. Plain ASGI rather than
-    ``@app.middleware("http")``, whose per-request task costs throughput.
+    """ASGI middleware: requests by endpoint and status, errors by kind (the x-error-kind header; a 503 while
+    warming up or draining is counted in mner_not_ready_total instead: the server is doing what it should),
+    latency, the accepted/answered counts of tagging requests logged at shutdown, and with ``access_log`` a line
+    per request. Plain ASGI rather than ``@app.middleware("http")``, whose per-request task costs throughput.
 
     It also closes what the app leaves open. An exception escaping a handler becomes a JSON 500 here: Starlette's
     own 500 handler re-raises to uvicorn, which then closes the connection under a keep-alive client. And while
     draining, every response says ``Connection: close`` (h11 then closes after it), so a keep-alive client opens its
     next connection elsewhere instead of finding this one reset."""
 
-    def __init__(self, app, *, metrics: Metrics, counts: dict[str, int], drain: Drain) -> None:
-        self.app, self.metrics, self.counts, self.drain = app, metrics, counts, drain
+    def __init__(self, app, *, metrics: Metrics, counts: dict[str, int], drain: Drain, access_log: bool = False) -> None:
+        self.app, self.metrics, self.counts, self.drain, self.access_log = app, metrics, counts, drain, access_log
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -271,11 +344,27 @@ class _Accounting:
             error = ApiError(500, "internal", "the server failed on this request (the error is in its log)")
             await _error_response(error)(scope, receive, account)
         finally:
+            seconds = time.perf_counter() - started
             self.counts["answered"] += tagging
-            if status >= 400:
+            if status == 503 and kind in _NOT_READY_REASONS:
+                self.metrics.not_ready.labels(endpoint, _NOT_READY_REASONS[kind]).inc()
+            elif status >= 400:
                 self.metrics.errors.labels(kind).inc()
             self.metrics.requests.labels(endpoint, str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            self.metrics.latency.labels(endpoint).observe(seconds)
+            if self.access_log:
+                _log_access(scope, status, kind if status >= 400 else None, seconds)
+
+
+def _log_access(scope, status: int, kind: str | None, seconds: float) -> None:
+    """One line per request: client, method, path, status, duration (and the error kind of a refusal). The path
+    without its query string, which this API does not use and a client might put secrets in."""
+    client = scope.get("client")
+    where = f"{client[0]}:{client[1]}" if client else "-"
+    method, path = scope["method"], scope["path"]
+    access_logger.info('%s "%s %s" %d %.1f ms%s', where, method, path, status, seconds * 1000,
+                       f" ({kind})" if kind else "", extra={"client": where, "method": method, "path": path,
+                       "status": status, "duration_ms": round(seconds * 1000, 3), "error_kind": kind})  # fmt: skip
 
 
 def _result_error(result: TagResult) -> ApiError | None:
@@ -294,8 +383,10 @@ def _error_response(error: ApiError) -> JSONResponse:
 
 
 async def _tag(batcher: Batcher, config: ServeConfig, pipeline: Pipeline, posts: list[Post], names: list[str]) -> list[TagResult]:
+    if batcher.failed:  # the server cannot tag: an error, unlike warming up
+        raise ApiError(503, WARMUP_FAILED, batcher.failed)
     if not batcher.ready.is_set():
-        raise ApiError(503, "not ready", batcher.failed or "the bundle is warming up; retry shortly", headers={"Retry-After": "1"})
+        raise ApiError(503, NOT_READY, "the bundle is warming up; retry shortly", headers={"Retry-After": "1"})
     try:  # the budget (serve_budget): counted in a thread, off the event loop, before anything is queued
         costs = await asyncio.to_thread(post_costs, pipeline, posts, names, max_post_pieces=config.max_post_pieces,
                                         max_request_pieces=config.max_request_pieces,
@@ -660,12 +751,19 @@ class _DrainingServer(uvicorn.Server):
     connections without saying so; here the first SIGTERM (or SIGINT) only turns ``drain`` on: the server goes on
     answering -- /readyz 503 "draining", every response Connection: close -- for drain_s, then exits as uvicorn does
     (stops listening, waits for the requests in flight, then the batcher tags what it was given). A second signal
-    ends the drain period at once."""
+    ends the drain period at once. Once listening, it calls ``announce`` with the port it listens on (the one the
+    system chose, for port 0)."""
 
-    def __init__(self, config: uvicorn.Config, drain: Drain, drain_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, drain: Drain, drain_s: float,
+                 announce: Callable[[int], None] | None = None) -> None:  # fmt: skip
         super().__init__(config)
-        self.drain, self.drain_s = drain, drain_s
+        self.drain, self.drain_s, self.announce = drain, drain_s, announce
         self._signal: int | None = None
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.started and self.announce is not None:  # not started: the app's start-up failed, or the bind (logged)
+            self.announce(self.servers[0].sockets[0].getsockname()[1])
 
     def handle_exit(self, sig: int, frame) -> None:
         if self.drain.active or self.drain_s == 0:
@@ -684,16 +782,53 @@ class _DrainingServer(uvicorn.Server):
 
 
 def serve(pipeline: Pipeline, config: ServeConfig = ServeConfig(), limits: HttpLimits = HttpLimits(), *,
-          host: str = "127.0.0.1", port: int = 8000) -> None:
+          host: str = "127.0.0.1", port: int = 8000, bundle: BundleInfo | None = None, access_log: bool = False) -> None:
     """Serve until SIGTERM/SIGINT, then drain (see _DrainingServer): every accepted request is answered before this
-    returns."""
-    app = create_app(pipeline, config, limits)
+    returns. Once listening, one INFO line says where, what and within which limits (``startup_line``).
+
+    Logging is the caller's (mner-serve configures it): uvicorn's own configuration is not applied, so its
+    records reach the same handlers, and at WARNING, so that its start-up lines do not repeat ours."""
+    app = create_app(pipeline, config, limits, bundle=bundle, access_log=access_log)
     protocol = type("LimitedH11Protocol", (_LimitedH11Protocol,), {"limits": limits})
     # Past the drain, uvicorn waits for the requests in flight; each ends by its own timeouts (body, then
     # --timeout-s), so this bound only cuts off a client that stopped reading its response.
     grace = limits.body_timeout_s + config.timeout_s + 10
-    server = _DrainingServer(uvicorn.Config(app, host=host, port=port, http=protocol, log_level="warning",
-                                            access_log=False, backlog=2048, timeout_keep_alive=limits.keep_alive_s,
-                                            timeout_graceful_shutdown=grace), app.state.drain, limits.drain_s)  # fmt: skip
+    batcher: Batcher = app.state.batcher
+
+    def announce(bound_port: int) -> None:
+        message, fields = startup_line(pipeline, config, limits, bundle, host=host, port=bound_port,
+                                       ready=batcher.ready.is_set(), access_log=access_log)  # fmt: skip
+        logger.info("%s", message, extra=fields)
+
+    server = _DrainingServer(uvicorn.Config(app, host=host, port=port, http=protocol, log_config=None,
+                                            log_level="warning", access_log=False, backlog=2048,
+                                            timeout_keep_alive=limits.keep_alive_s, timeout_graceful_shutdown=grace),
+                             app.state.drain, limits.drain_s, announce)  # fmt: skip
     logging.getLogger("python_multipart").setLevel(logging.ERROR)  # it logs every malformed body a client sends
     server.run()
+
+
+def startup_line(pipeline: Pipeline, config: ServeConfig, limits: HttpLimits, bundle: BundleInfo | None, *,
+                 host: str, port: int, ready: bool, access_log: bool = False) -> tuple[str, dict[str, Any]]:  # fmt: skip
+    """The line mner-serve logs once listening, and its parts as fields (for --log-format json): the URL, the
+    bundle (path, sha256, whether verified), backend, device, precision, and the main limits by option name."""
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    shown = {
+        "batch-size": config.max_batch, "max-wait-ms": config.max_wait_ms, "max-queue": config.max_queue,
+        "timeout-s": config.timeout_s, "max-request-posts": config.max_request_posts,
+        "max-text-chars": config.max_text_chars, "max-body-bytes": config.max_body_bytes,
+        "max-pixels": pipeline.max_pixels, "max-request-pixels": config.max_request_pixels,
+        "max-request-pieces": config.max_request_pieces, "max-connections": limits.max_connections,
+    }  # fmt: skip
+    parts = [f"mner-serve listening on {url}" + (" (all interfaces)" if host in ("0.0.0.0", "::") else "")]
+    fields: dict[str, Any] = {"url": url, "ready": ready, "access_log": access_log,
+                              "limits": {name.replace("-", "_"): value for name, value in shown.items()}}  # fmt: skip
+    if bundle is not None:
+        parts.append(f"bundle {bundle.path} (sha256 {bundle.sha256}, {'verified' if bundle.verified else 'not verified: --no-verify'})")
+        parts.append(f"backend {bundle.backend} on {bundle.device}, {bundle.precision}, stages {'+'.join(bundle.stages)}")
+        fields.update(bundle=bundle.path, sha256=bundle.sha256, verified=bundle.verified, backend=bundle.backend,
+                      device=bundle.device, precision=bundle.precision, stages=list(bundle.stages))  # fmt: skip
+    parts.append(", ".join(f"--{name} {value:g}" if isinstance(value, float) else f"--{name} {value}"
+                           for name, value in shown.items()))  # fmt: skip
+    parts.append(f"docs {url}/docs; " + ("ready" if ready else "warming up (/readyz says when ready)"))
+    return " | ".join(parts), fields

@@ -51,10 +51,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram, Info, PlatformCollector, ProcessCollector
 
 from mner.runtime.pipeline import Pipeline, Post, Steps, TagResult
 from mner.runtime.serve_budget import PostCost
+from mner.runtime.serve_limits import ServeConfig  # defined there (cheap for the CLI to import); part of this API
 
 logger = logging.getLogger(__name__)
 
@@ -62,59 +63,29 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-@dataclass(frozen=True)
-class ServeConfig:
-    """Batching and limits. Each default says why."""
-
-    max_batch: int = 32  # posts per batch: past ~32 the CPU tagger gains little per post
-    max_wait_ms: float = 5.0  # what a lone request pays to give others a chance to join its batch
-    max_queue: int = 1024  # posts waiting; at ~1 ms a post on CPU, ~1 s of work before 503
-    timeout_s: float = 30.0  # a request waiting longer gets 504 (its posts are skipped if not started)
-    max_body_bytes: int = 16 << 20  # a few full-size pictures in base64
-    max_text_chars: int = 10_000  # far above a tweet (280); long posts are windowed, not truncated
-    max_posts: int = 64  # posts in one /v1/tag/batch call
-    # The work one request may ask for (serve_budget), checked before it is queued. A 10,000-character post of
-    # prose has ~2,500 word-pieces; 10,000 characters of one-piece fragments ("a a a ...") up to 10,000 (~330
-    # windows of 64), which max_post_pieces refuses. max_request_pieces takes 64 tweets (~100 pieces each) twice
-    # over, or 4 posts at max_post_pieces: on a CPU with the paper-size tagger (~260 windows of 128) well within
-    # timeout_s, and the fair scheduling keeps other requests' latency bounded meanwhile.
-    max_post_pieces: int = 4096
-    max_request_pieces: int = 16_384
-    max_request_pixels: int = 50_000_000  # four 12-MP phone photos, or 48 pictures of 1 MP: ~1-2 s of decoding on a core
-    max_batch_pixels: int = 4_000_000  # pictures decoded in one step (~0.1-0.2 s on a core); a larger one is a step alone
-    # Word-pieces per step of the worker (one tagger call; a batch of short posts is one step): ~20 tweets, or 8
-    # windows of 64 / 4 of 128. What a short request waits for behind a long one: ~50 ms for the tiny test tagger
-    # on a loaded 2-core machine, where 1024 doubled a short request's p99 behind the largest legal request and
-    # did not speed that one up measurably; lower it for a large tagger on a CPU, raise it on a GPU.
-    max_step_pieces: int = 512
-
-    def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "max_body_bytes", "max_text_chars", "max_posts", "max_post_pieces",
-                     "max_request_pieces", "max_request_pixels", "max_batch_pixels", "max_step_pieces"):  # fmt: skip
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.max_post_pieces > self.max_request_pieces:
-            raise ValueError(f"max_post_pieces ({self.max_post_pieces}) must not exceed max_request_pieces "
-                             f"({self.max_request_pieces}): a request holds at least one post")  # fmt: skip
-        if not self.max_wait_ms >= 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms!r}")
-        if not self.timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s!r}")
-
-
 class QueueFull(RuntimeError):
     """The bounded queue has no room for a request's posts."""
 
 
 class Metrics:
-    """The service's Prometheus metrics, in a registry of its own (two apps in one process do not collide)."""
+    """The service's Prometheus metrics, in a registry of its own (two apps in one process do not collide), with
+    the process (CPU, memory, file descriptors), platform (Python version) and garbage-collector collectors that
+    prometheus_client puts on its default registry, and ``mner_bundle_info`` once ``describe`` is called."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        PlatformCollector(registry=self.registry)  # python_info
+        GCCollector(registry=self.registry)  # python_gc_objects_collected_total, ...
         self.requests = Counter("mner_requests", "HTTP requests answered, by endpoint and status code",
                                 ["endpoint", "status"], registry=self.registry)  # fmt: skip
-        self.errors = Counter("mner_errors", "Requests refused or failed, by kind", ["kind"], registry=self.registry)
+        self.errors = Counter("mner_errors", "Requests refused or failed, by kind (not those answered 503 while "
+                              "warming up or draining: mner_not_ready_total)", ["kind"], registry=self.registry)  # fmt: skip
+        self.not_ready = Counter("mner_not_ready", "Requests answered 503 because the bundle was still warming up, or "
+                                 "the server was draining (/readyz), by endpoint and reason", ["endpoint", "reason"],
+                                 registry=self.registry)  # fmt: skip
+        self.bundle = Info("mner_bundle", "The bundle served: the sha256 of its manifest.json (which lists every "
+                           "file's sha256), backend, device and precision", registry=self.registry)  # fmt: skip
         self.latency = Histogram("mner_request_seconds", "Time from a request's arrival to its response, by endpoint",
                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
         self.batch_size = Histogram("mner_batch_size", "Posts per pipeline call (dynamic batches)",
@@ -246,7 +217,7 @@ class Batcher:
             if self.warmup_posts:
                 started = time.perf_counter()
                 self.pipeline.tag(self.warmup_posts)
-                logger.info("warm-up: %d posts in %.2f s", len(self.warmup_posts), time.perf_counter() - started)
+                logger.info("ready: warm-up took %.2f s (%d posts)", time.perf_counter() - started, len(self.warmup_posts))
             self.ready.set()
         except Exception as error:  # noqa: BLE001 -- reported on /readyz; requests still get the pipeline's answer
             self.failed = f"warm-up failed: {error}"

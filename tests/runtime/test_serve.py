@@ -159,7 +159,7 @@ def test_batch_endpoint_limits(server):
     too_many = json.dumps({"posts": [{"text": "a"}] * 9}).encode()
     reply = request(server, "POST", "/v1/tag/batch", too_many)
     assert reply.status == 422 and reply.json()["error"] == {
-        "kind": "too many posts", "message": "9 posts in one call, over the limit of 8", "limit": "max_posts", "value": 8}
+        "kind": "too many posts", "message": "9 posts in one call, over the limit of 8", "limit": "max_request_posts", "value": 8}
     # a bad post is its own error in its place; the others are tagged
     reply = request(server, "POST", "/v1/tag/batch", json.dumps({"posts": [{"text": "a"}, {"text": 3}]}).encode())
     assert reply.status == 200 and "entities" in reply.json()["results"][0]

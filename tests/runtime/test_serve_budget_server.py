@@ -82,9 +82,9 @@ def test_short_requests_are_answered_while_the_largest_legal_request_is_tagged(d
     config = ServeConfig()
     if kind == "text":  # 4 posts of 4,096 one-piece words: 16,384 pieces, ~530 windows
         large, *_ = largest_text_request(exported.bundle, config.max_post_pieces, config.max_request_pieces,
-                                         config.max_text_chars, config.max_posts)  # fmt: skip
+                                         config.max_text_chars, config.max_request_posts)  # fmt: skip
     else:  # 4 flat 12-MP PNGs: 48 MP of decoding
-        large, *_ = largest_picture_request(config.max_request_pixels, 40_000_000, config.max_posts)
+        large, *_ = largest_picture_request(config.max_request_pixels, 40_000_000, config.max_request_posts)
 
     async def scenario():
         connection = Connection(defaults, timeout=120)
