@@ -4,14 +4,17 @@ Each backend is measured in a process of its own (``python -m mner.benchmarks.be
 worker JOB RESULT``), so that its bundle load time is a cold start and its peak memory
 is its own. A worker opens the bundle as a ``Pipeline``, tags the workload once per
 batch size with ``pipeline.clock`` on, and writes every batch's wall time, every
-step's time and the tags of the first pass. The parent (``run_bench``) turns those
-into percentiles, throughput and parity, and times the CRF decoders itself.
+step's time and the tags of the first pass; it reports each batch on its stdout as it
+goes, which the parent turns into one progress bar (``runtime.progress``). The parent
+(``run_bench``) turns the measurements into percentiles, throughput and parity, and
+times the CRF decoders itself.
 
-Backends (``BACKENDS``): ``torch`` is the reference -- the eager FP32 model the
-checkpoint came from, every post padded to the model's window (64 word-pieces), as the
-authors' code runs it. ``torch-longest`` is the same model with each batch padded only
-to its longest post; ``ort`` / ``ort-fp16`` are the runtime on ONNX Runtime, ``trt``
-on the bundle's TensorRT engines, ``torch-fp16`` the reference in half precision (GPU).
+Before any backend loads, the parent hashes every file of the bundle once (what a first
+start pays, reported as such) and so leaves the bundle verification cache warm: every
+backend's load time is then that of a later start, the same for all of them, however the
+backends are ordered. ``--no-verify`` skips hashing there and in every worker.
+
+Backends: ``backends.BACKENDS`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -31,45 +34,22 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from mner.benchmarks.backends import BACKENDS, REFERENCE, BackendSpec
 from mner.benchmarks.machine import machine_facts
-from mner.runtime.bundle import MANIFEST_NAME, Bundle
-from mner.runtime.conll import evaluate_entities, read_conll
+from mner.runtime.bundle import MANIFEST_NAME, Bundle, VerificationCache, check_files, read_manifest, verification_cache_dir
+from mner.runtime.conll import data_file, evaluate_entities, read_conll
 from mner.runtime.pipeline import Pipeline, StageClock, grid_cell_bounds
+from mner.runtime.progress import progress as progress_bar
 from mner.runtime.runners import Runner
 
+__all__ = ["BACKENDS", "REFERENCE", "BackendSpec", "run_bench", "run_worker", "measure_pipeline", "open_pipeline"]
+
 WORKER_ERROR = "mner-bench worker error: "
+# A worker writes this and a post count on a line of its stdout after each batch (warm-up ones too).
+WORKER_PROGRESS = "mner-bench worker batch: "
 STEPS = ("images", "detector", "vision", "encode", "tagger", "decode")  # StageClock's names, in pipeline order
 PERCENTILES = (50, 90, 99)
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    name: str
-    engine: str  # Pipeline.from_bundle's backend: "torch", "ort" or "trt"
-    precision: str  # "fp32" or "fp16"
-    pad_to_window: bool  # every post padded to the model's window, as the reference runs it
-    gpu_only: bool
-    description: str
-
-
-BACKENDS = {
-    spec.name: spec
-    for spec in (
-        BackendSpec("torch", "torch", "fp32", True, False,
-                    "the reference: eager PyTorch FP32, every post padded to the model's window"),
-        BackendSpec("torch-longest", "torch", "fp32", False, False,
-                    "eager PyTorch FP32, each batch padded to its longest post"),
-        BackendSpec("torch-fp16", "torch", "fp16", True, True,
-                    "the reference in half precision (CUDA), every post padded to the window"),
-        BackendSpec("ort", "ort", "fp32", False, False,
-                    "mner runtime, ONNX Runtime FP32, each batch padded to its longest post"),
-        BackendSpec("ort-fp16", "ort", "fp16", False, False,
-                    "mner runtime, ONNX Runtime on the FP16 graphs, padded to the longest post"),
-        BackendSpec("trt", "trt", "fp16", False, True,
-                    "mner runtime, the bundle's TensorRT FP16 engines, padded to the longest post"),
-    )  # fmt: skip
-}
-REFERENCE = "torch"
+SPREAD = (10, 90)  # the plots' spread: p10-p90 over the timed batches
 
 
 @dataclass(frozen=True)
@@ -81,15 +61,18 @@ class BenchPost:
     image: str | None
 
 
-def load_workload(data: Path | None, images_dir: Path | None, max_posts: int | None, scratch: Path) -> tuple[list[BenchPost], str]:
-    """(posts, a description). Without ``data``: the built-in sample's test split, pictures included."""
+def load_workload(data: Path | None, images_dir: Path | None, max_posts: int | None, scratch: Path,
+                  split: str = "test") -> tuple[list[BenchPost], str]:  # fmt: skip
+    """(posts, a description). ``data``: a TWITTER-format folder (its ``split``) or one CoNLL
+    file (``conll.data_file``); without it, the built-in sample's ``split``, pictures included."""
     if data is None:
         from mner.train.sample import write_sample_corpus  # noqa: PLC0415 -- numpy and OpenCV only
 
         corpus = write_sample_corpus(scratch / "sample", seed=0)
-        data, images_dir = corpus / "test.txt", corpus / "images"
-        source = "the built-in sample's test split (synthetic posts and pictures, seed 0)"
+        data, images_dir = data_file(corpus, split), corpus / "images"
+        source = f"the built-in sample's {split} split (synthetic posts and pictures, seed 0)"
     else:
+        data = data_file(data, split)
         source = str(data)
     try:
         posts = read_conll(data)
@@ -165,8 +148,10 @@ def _half_module(module: Any) -> Any:
 
 
 def open_pipeline(bundle: Path, spec: BackendSpec, *, checkpoint: Path | None, device: str, threads: int | None,
-                  resnet_weights: Path | None = None, detector_weights: Path | None = None) -> Pipeline:  # fmt: skip
-    """The bundle as a Pipeline on one backend (for ``torch`` backends, rebuilt from the checkpoint)."""
+                  resnet_weights: Path | None = None, detector_weights: Path | None = None,
+                  verify: bool = True) -> Pipeline:  # fmt: skip
+    """The bundle as a Pipeline on one backend (for ``torch`` backends, rebuilt from the checkpoint);
+    ``verify=False`` trusts the bundle's files without hashing them."""
     options: dict[str, Any] = {}
     if spec.engine == "ort":
         options = {"precision": spec.precision, "threads": threads}
@@ -177,7 +162,7 @@ def open_pipeline(bundle: Path, spec: BackendSpec, *, checkpoint: Path | None, d
             torch.set_num_threads(threads)
         options = {"checkpoint": checkpoint, "resnet_weights": resnet_weights, "detector_weights": detector_weights}
     pipeline = Pipeline.from_bundle(bundle, backend=spec.engine, device=None if spec.engine == "trt" else device,
-                                    **options)  # fmt: skip
+                                    verify=verify, **options)  # fmt: skip
     if spec.engine == "torch" and spec.precision == "fp16":
         for runner in pipeline.runners:
             runner.module = _half_module(runner.module).to(device).eval()
@@ -189,10 +174,19 @@ def open_pipeline(bundle: Path, spec: BackendSpec, *, checkpoint: Path | None, d
 # --------------------------------------------------------------------------- measuring
 
 
+def batch_plan(posts: int, batch_size: int, warmup: int, min_batches: int) -> tuple[list[int], list[int]]:
+    """The posts of each warm-up batch and of each timed batch ``measure_pipeline`` runs."""
+    sizes = [min(batch_size, posts - start) for start in range(0, posts, batch_size)]
+    passes = max(1, -(-min_batches // len(sizes))) if sizes else 0
+    return (sizes * warmup)[:warmup], sizes * passes
+
+
 def measure_pipeline(pipeline: Pipeline, posts: Sequence[BenchPost], batch_size: int, *, warmup: int = 3,
-                     min_batches: int = 20, pictures: Mapping[str, bytes] | None = None) -> dict[str, Any]:  # fmt: skip
+                     min_batches: int = 20, pictures: Mapping[str, bytes] | None = None,
+                     on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:  # fmt: skip
     """Tag ``posts`` in batches of ``batch_size``: ``warmup`` untimed batches, then whole passes
-    until at least ``min_batches`` batches were timed.
+    until at least ``min_batches`` batches were timed (``batch_plan`` lists them);
+    ``on_batch(posts)`` after each batch, warm-up ones included.
 
     Returns the wall seconds of every timed batch ("e2e_s"), each step's seconds per batch
     ("steps_s"), the posts per batch, and the first pass's word tags ("tags"; None for a
@@ -209,9 +203,14 @@ def measure_pipeline(pipeline: Pipeline, posts: Sequence[BenchPost], batch_size:
         images = [pictures.get(post.image) if post.image else None for post in batch]
         return pipeline.tag_words([post.words for post in batch], images)
 
+    def done(batch: Sequence[BenchPost]) -> None:
+        if on_batch is not None:
+            on_batch(len(batch))
+
     try:
         for batch in (batches * warmup)[:warmup]:
             run(batch)
+            done(batch)
         clock.reset()
         e2e, steps, sizes, tags, errors = [], {step: [] for step in STEPS}, [], [], 0
         first_pass = True
@@ -220,6 +219,7 @@ def measure_pipeline(pipeline: Pipeline, posts: Sequence[BenchPost], batch_size:
                 started = time.perf_counter()
                 results = run(batch)
                 e2e.append(time.perf_counter() - started)
+                done(batch)  # outside the timed span
                 seconds = clock.reset()
                 for step in STEPS:
                     steps[step].append(seconds.get(step, 0.0))
@@ -280,8 +280,8 @@ class _GpuMemory:
         return {"peak_mib": self.peak - self.baseline, "how": "nvidia-smi memory.used, peak minus before loading"}
 
 
-def run_worker(job: dict[str, Any]) -> dict[str, Any]:
-    """One backend, every batch size: what a worker process writes."""
+def run_worker(job: dict[str, Any], on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """One backend, every batch size: what a worker process writes (``on_batch``: see measure_pipeline)."""
     spec = BACKENDS[job["backend"]]
     posts = [BenchPost(**post) for post in job["posts"]]
     pictures = {path: Path(path).read_bytes() for path in {post.image for post in posts if post.image}}
@@ -291,11 +291,12 @@ def run_worker(job: dict[str, Any]) -> dict[str, Any]:
         pipeline = open_pipeline(Path(job["bundle"]), spec, checkpoint=path_or_none(job.get("checkpoint")),
                                  device=job["device"], threads=job.get("threads"),
                                  resnet_weights=path_or_none(job.get("resnet_weights")),
-                                 detector_weights=path_or_none(job.get("detector_weights")))  # fmt: skip
+                                 detector_weights=path_or_none(job.get("detector_weights")),
+                                 verify=job.get("verify", True))  # fmt: skip
         load_s = time.perf_counter() - started
         with pipeline:
             runs = [measure_pipeline(pipeline, posts, size, warmup=job["warmup"], min_batches=job["min_batches"],
-                                     pictures=pictures) for size in job["batch_sizes"]]  # fmt: skip
+                                     pictures=pictures, on_batch=on_batch) for size in job["batch_sizes"]]  # fmt: skip
     return {
         "backend": spec.name,
         "load_s": load_s,
@@ -305,14 +306,29 @@ def run_worker(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_in_process(job: dict[str, Any], scratch: Path, python: str = sys.executable) -> dict[str, Any]:
-    """run_worker in a fresh process; a failure raises RuntimeError with the worker's last words."""
+def run_in_process(job: dict[str, Any], scratch: Path, on_batch: Callable[[int], None] | None = None,
+                   python: str = sys.executable) -> dict[str, Any]:  # fmt: skip
+    """run_worker in a fresh process; a failure raises RuntimeError with the worker's last words.
+
+    The worker's progress lines (stdout) are passed to ``on_batch`` as they come; its stderr
+    goes to a file (a pipe nobody reads while the worker runs could fill and stall it).
+    """
     job_path, result_path = scratch / f"{job['backend']}.job.json", scratch / f"{job['backend']}.result.json"
     job_path.write_text(json.dumps(job))
-    process = subprocess.run([python, "-m", "mner.benchmarks.bench", "worker", str(job_path), str(result_path)],
-                             capture_output=True, text=True)  # fmt: skip
+    other_output = []
+    with tempfile.TemporaryFile(mode="w+", dir=scratch) as stderr:
+        process = subprocess.Popen([python, "-m", "mner.benchmarks.bench", "worker", str(job_path), str(result_path)],
+                                   stdout=subprocess.PIPE, stderr=stderr, text=True)  # fmt: skip
+        with process:
+            for line in process.stdout:
+                if line.startswith(WORKER_PROGRESS):
+                    if on_batch is not None:
+                        on_batch(int(line[len(WORKER_PROGRESS):]))
+                else:
+                    other_output.append(line)
+        stderr.seek(0)
+        output = (stderr.read() or "".join(other_output)).strip()
     if process.returncode != 0 or not result_path.is_file():
-        output = (process.stderr or process.stdout).strip()
         if WORKER_ERROR in output:
             raise RuntimeError(f"backend {job['backend']}: {output.split(WORKER_ERROR, 1)[1].strip()}")
         tail = "\n".join(output.splitlines()[-15:])
@@ -323,17 +339,30 @@ def run_in_process(job: dict[str, Any], scratch: Path, python: str = sys.executa
 # --------------------------------------------------------------------------- summarising
 
 
+def _spread(values: np.ndarray) -> dict[str, float]:
+    return {"min": float(values.min()), **{f"p{p}": float(np.percentile(values, p)) for p in sorted({*SPREAD, 50})},
+            "max": float(values.max())}  # fmt: skip
+
+
 def summarise_run(run: Mapping[str, Any]) -> dict[str, Any]:
-    """Percentiles (end to end and per step), throughput and mean step times of one (backend, batch size)."""
+    """Percentiles (end to end and per step), throughput and mean step times of one (backend, batch size).
+
+    The spread: latency percentiles from p10 and min/max over the timed batches, and each
+    batch's own posts/s (its posts over its wall time) summarised the same way
+    ("throughput_batches_posts_s"); the plots draw p10-p90 of both.
+    """
     e2e = np.asarray(run["e2e_s"])
     posts = int(np.sum(run["posts"]))
     timed = {step: np.asarray(values) * 1e3 for step, values in run["steps_s"].items() if np.sum(values) > 0}
     tagger = float(np.sum(run["steps_s"]["tagger"]))
+    latency = {f"p{p}": float(np.percentile(e2e, p) * 1e3) for p in sorted({*SPREAD, *PERCENTILES})}
     return {
         "batches": len(e2e),
         "posts": posts,
-        "latency_ms": {"mean": float(e2e.mean() * 1e3), **{f"p{p}": float(np.percentile(e2e, p) * 1e3) for p in PERCENTILES}},
+        "latency_ms": {"mean": float(e2e.mean() * 1e3), "min": float(e2e.min() * 1e3), **latency,
+                       "max": float(e2e.max() * 1e3)},  # fmt: skip
         "throughput_posts_s": posts / float(e2e.sum()),
+        "throughput_batches_posts_s": _spread(np.asarray(run["posts"]) / e2e),
         "tagger_posts_s": posts / tagger if tagger > 0 else None,
         "steps_ms": {step: float(values.mean()) for step, values in timed.items()},
         "steps_percentiles_ms": {step: {f"p{p}": float(np.percentile(values, p)) for p in PERCENTILES}
@@ -383,12 +412,28 @@ def decode_timings(batch_sizes: Sequence[int], num_tags: int, repeats: int = 15)
             "mner_decoder": "native" if native_available() else "numpy", "ms": rows}  # fmt: skip
 
 
-def bundle_facts(bundle_path: Path) -> dict[str, Any]:
+def verify_bundle(bundle_path: Path) -> float:
+    """Hash every file of the bundle, as a first start does, and leave the verification cache warm.
+
+    Returns the seconds it took. A fresh cache entry, not the one on disk: the time is the
+    full check's whatever the cache held, and what it records is what the workers find.
+    """
+    folder = verification_cache_dir()
+    cache = VerificationCache(folder, bundle_path) if folder is not None else None
+    started = time.perf_counter()
+    check_files(bundle_path, read_manifest(bundle_path), hashes=True, cache=cache)
+    return time.perf_counter() - started
+
+
+def bundle_facts(bundle_path: Path, verify: bool = True) -> dict[str, Any]:
+    """What the report says about the bundle; ``verify``: hash it first (``verify_bundle``), timed as ``verify_s``."""
+    verify_s = verify_bundle(bundle_path) if verify else None
     bundle = Bundle.open(bundle_path, verify=False)
     config = bundle.config
     files = [p for p in bundle_path.rglob("*") if p.is_file()]
     return {
         "path": str(bundle_path),
+        "verify_s": verify_s,
         "stages": sorted(bundle.stages),
         "size_mib": round(sum(p.stat().st_size for p in files) / 2**20, 1),
         "model": {key: config.get(key) for key in ("hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -405,6 +450,7 @@ def run_bench(
     batch_sizes: Sequence[int],
     *,
     data: Path | None = None,
+    split: str = "test",
     images_dir: Path | None = None,
     checkpoint: Path | None = None,
     resnet_weights: Path | None = None,
@@ -414,28 +460,39 @@ def run_bench(
     warmup: int = 3,
     min_batches: int = 20,
     max_posts: int | None = None,
+    verify: bool = True,
+    progress: bool | None = True,
     command: str = "",
     echo: Callable[[str], None] = print,
-    measure: Callable[[dict[str, Any], Path], dict[str, Any]] = run_in_process,
+    measure: Callable[..., dict[str, Any]] = run_in_process,
 ) -> dict[str, Any]:
-    """Measure every backend and return the report (``report.write_report`` writes it)."""
-    problems = check_request(bundle, backends, batch_sizes, device, checkpoint)
+    """Measure every backend and return the report (``report.write_report`` writes it).
+
+    ``measure(job, scratch, on_batch)`` measures one backend (default: in a fresh process);
+    ``progress``: one bar (or periodic log line) over every batch of every backend, as
+    ``runtime.progress.progress``'s ``enabled``; ``verify=False`` trusts the bundle.
+    """
+    problems = check_request(bundle, backends, batch_sizes, device, checkpoint, data=data, split=split)
     if problems:
         raise ValueError("; ".join(problems))
-    facts = bundle_facts(bundle)
+    facts = bundle_facts(bundle, verify=verify)
     machine = machine_facts(device)  # before measuring: the load average says how idle the machine was
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     scratch = Path(tempfile.mkdtemp(prefix="mner-bench-"))
     try:
-        posts, source = load_workload(data, images_dir, max_posts, scratch)
+        posts, source = load_workload(data, images_dir, max_posts, scratch, split)
+        plans = [batch_plan(len(posts), size, warmup, min_batches) for size in batch_sizes]
+        total = len(backends) * sum(sum(warm) + sum(timed) for warm, timed in plans)
         measured = {}
-        for name in backends:
-            echo(f"measuring {name} ({BACKENDS[name].description}) at batch sizes {', '.join(map(str, batch_sizes))} ...")
-            job = {"bundle": str(bundle), "backend": name, "checkpoint": _str(checkpoint), "device": device,
-                   "threads": threads, "resnet_weights": _str(resnet_weights), "detector_weights": _str(detector_weights),
-                   "batch_sizes": list(batch_sizes), "warmup": warmup, "min_batches": min_batches,
-                   "posts": [asdict(post) for post in posts]}  # fmt: skip
-            measured[name] = measure(job, scratch)
+        with progress_bar(total, desc="mner-bench", unit="post", enabled=progress) as bar:
+            for name in backends:
+                echo(f"measuring {name} ({BACKENDS[name].description}) at batch sizes {', '.join(map(str, batch_sizes))} ...")
+                bar.set_postfix(backend=name)
+                job = {"bundle": str(bundle), "backend": name, "checkpoint": _str(checkpoint), "device": device,
+                       "threads": threads, "resnet_weights": _str(resnet_weights), "detector_weights": _str(detector_weights),
+                       "batch_sizes": list(batch_sizes), "warmup": warmup, "min_batches": min_batches, "verify": verify,
+                       "posts": [asdict(post) for post in posts]}  # fmt: skip
+                measured[name] = measure(job, scratch, bar.update)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     echo("timing the CRF decoders ...")
@@ -443,7 +500,7 @@ def run_bench(
     return build_report(measured, posts, source, facts, decode, backends, batch_sizes, command=command,
                         machine=machine, started=started,
                         settings={"device": device, "threads": threads, "warmup": warmup, "min_batches": min_batches,
-                                  "max_posts": max_posts, "images_dir": _str(images_dir)})  # fmt: skip
+                                  "max_posts": max_posts, "images_dir": _str(images_dir), "verify": verify})  # fmt: skip
 
 
 def _str(path: Path | None) -> str | None:
@@ -451,9 +508,14 @@ def _str(path: Path | None) -> str | None:
 
 
 def check_request(bundle: Path, backends: Sequence[str], batch_sizes: Sequence[int], device: str,
-                  checkpoint: Path | None) -> list[str]:  # fmt: skip
+                  checkpoint: Path | None, *, data: Path | None = None, split: str = "test") -> list[str]:  # fmt: skip
     """Every problem with a request, before anything is measured."""
     problems = []
+    if data is not None:
+        try:
+            data_file(data, split)
+        except ValueError as error:
+            problems.append(str(error))
     if not (Path(bundle) / MANIFEST_NAME).is_file():
         problems.append(f"--engine {bundle}: not an mner bundle (no {MANIFEST_NAME}); write one with mner-export")
     unknown = [name for name in backends if name not in BACKENDS]
@@ -552,8 +614,12 @@ def worker_main(argv: Sequence[str]) -> int:
         print("usage: python -m mner.benchmarks.bench worker JOB.json RESULT.json", file=sys.stderr)
         return 2
     job = json.loads(Path(argv[1]).read_text())
+
+    def report_batch(posts: int) -> None:
+        print(f"{WORKER_PROGRESS}{posts}", flush=True)
+
     try:
-        result = run_worker(job)
+        result = run_worker(job, on_batch=report_batch)
     except (ValueError, RuntimeError) as error:  # a refused request: its message is the report, not a traceback
         print(f"{WORKER_ERROR}{error}", file=sys.stderr)
         return 1

@@ -1,7 +1,13 @@
-"""Console entry point: mner-bench (thin: parse, measure with bench.run_bench, write with report.write_report)."""
+"""Console entry point: mner-bench (thin: parse, measure with bench.run_bench, write with report.write_report).
+
+Imports click, the command-line kit and torch-free tables only at the top, so that
+``mner-bench --help`` answers fast; the measuring code (numpy, the runtime, and torch in
+the workers) is imported when the command runs.
+"""
 
 from __future__ import annotations
 
+import logging
 import shlex
 import sys
 from pathlib import Path
@@ -9,7 +15,12 @@ from typing import Any, Mapping
 
 import click
 
-from mner.benchmarks.bench import BACKENDS
+from mner.benchmarks.backends import BACKENDS
+from mner.runtime import clikit
+
+# runtime.conll.SPLIT_FILES's keys, written out: conll imports numpy, which --help must not wait for
+# (tests/benchmarks/test_bench.py checks that they are the same).
+SPLITS = ("train", "valid", "test")
 
 
 def _csv(kind: type):
@@ -42,38 +53,68 @@ def summary_lines(report: Mapping[str, Any], targets: bool = True) -> list[str]:
     return lines
 
 
-@click.command()
-@click.option("--engine", "bundle", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="The bundle directory mner-export wrote.")
-@click.option("--backends", default="torch,ort", show_default=True, callback=_csv(str),
-              help=f"Comma-separated, of: {', '.join(BACKENDS)}. torch is the reference (eager FP32, padded to the window).")
-@click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_csv(int), help="Comma-separated posts per batch.")
-@click.option("--data", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="CoNLL + IMGID file with gold tags (entity F1); default: the built-in sample's test split, with pictures.")
-@click.option("--images", "images_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="Pictures of --data as <IMGID>.jpg; default: none (text only).")
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
-              help="The best.pt the bundle was exported from (needed by the torch backends).")
-@click.option("--resnet-weights", type=click.Path(dir_okay=False, path_type=Path), help="For torch backends, when the bundle's vision stage came from a weights file.")
-@click.option("--detector-weights", type=click.Path(dir_okay=False, path_type=Path), help="For torch backends, when the bundle's detector came from a weights file.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Where torch and ort run (trt: always the GPU).")
-@click.option("--threads", type=int, help="Intra-op threads for torch and ONNX Runtime; default: theirs (all cores).")
-@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed batches per backend and batch size.")
-@click.option("--min-batches", type=click.IntRange(min=1), default=20, show_default=True, help="Timed batches at least (whole passes over the posts).")
-@click.option("--max-posts", type=click.IntRange(min=1), help="Use only the first N posts.")
-@click.option("--out", "out_dir", default="bench-report", show_default=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--notes", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Markdown appended to report.md as Notes (e.g. why a target was missed).")
-def bench_command(out_dir: Path, notes: Path | None, **options) -> None:
+def _show_progress_logs(enabled: bool | None) -> None:
+    """Let runtime.progress's periodic INFO lines (stderr not a terminal) reach stderr, unless --no-progress."""
+    if enabled is False:
+        return
+    logger = logging.getLogger("mner.progress")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+_EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+_FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+@clikit.command()
+@clikit.option("--engine", "bundle", required=True, type=click.Path(file_okay=False, path_type=Path),
+               help="The bundle directory mner-export wrote.")
+@clikit.option("--backends", default="torch,ort", callback=_csv(str),
+               help=f"Comma-separated, of: {', '.join(BACKENDS)}. torch is the reference (eager FP32, padded to the window).")
+@clikit.option("--batch-size", "batch_sizes", default="1,8,32", callback=_csv(int), hidden_aliases=("--batch-sizes",),
+               help="Posts per batch: a comma-separated list, each measured.")
+@clikit.option("--data", type=click.Path(exists=True, path_type=Path),
+               help="TWITTER-format CoNLL data with gold tags (entity F1): a folder with train.txt, valid.txt and "
+                    "test.txt (its --split is used), or one such file.  [default: the built-in sample, with pictures]")
+@clikit.option("--split", type=click.Choice(SPLITS), default="test",
+               help="Which file of a --data folder (or of the built-in sample); unused when --data is a file.")
+@clikit.option("--images", "images_dir", type=_EXISTING_DIR,
+               help="Pictures of --data as <IMGID>.jpg.  [default: none, text only; the built-in sample has its own]")
+@clikit.option("--checkpoint", type=_FILE, hidden_aliases=("--ckpt",),
+               help="The best.pt the bundle was exported from (needed by the torch backends).")
+@clikit.option("--resnet-weights", type=_FILE, help="For torch backends, when the bundle's vision stage came from a weights file.")
+@clikit.option("--detector-weights", type=_FILE, help="For torch backends, when the bundle's detector came from a weights file.")
+@clikit.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", help="Where torch and ort run (trt: always the GPU).")
+@clikit.option("--threads", type=click.IntRange(min=1),
+               help="Intra-op threads for torch and ONNX Runtime.  [default: theirs (all cores)]")
+@clikit.option("--warmup", type=click.IntRange(min=0), default=3, help="Untimed batches per backend and batch size.")
+@clikit.option("--min-batches", type=click.IntRange(min=1), default=20, help="Timed batches at least (whole passes over the posts).")
+@clikit.option("--max-posts", type=click.IntRange(min=1), help="Use only the first N posts of the data.  [default: all]")
+@clikit.option("--no-verify", is_flag=True,
+               help="Trust the bundle: hash none of its files. Without it, every file is hashed once before "
+                    "measuring (a first start's cost, reported) and each backend's load finds them in the verification cache.")
+@clikit.option("--output", "-o", "out_dir", default="bench-report", hidden_aliases=("--out",),
+               type=click.Path(file_okay=False, path_type=Path),
+               help="The report folder: report.json, report.md, latency_steps.png, throughput.png.")
+@clikit.option("--notes", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+               help="Markdown appended to report.md as Notes (e.g. why a target was missed).")
+@clikit.progress_option()
+def bench_command(out_dir: Path, notes: Path | None, no_verify: bool, **options) -> None:
     """Measure a bundle's backends against the PyTorch reference: latency, throughput, memory, parity.
 
-    Writes report.json, report.md, latency_steps.png and throughput.png under --out.
+    Writes report.json, report.md, latency_steps.png and throughput.png under --output.
+    Re-draw a report's plots from its report.json with `python -m mner.benchmarks.report --replot DIR`.
     """
     from mner.benchmarks.bench import run_bench  # noqa: PLC0415
     from mner.benchmarks.report import write_report  # noqa: PLC0415
 
+    _show_progress_logs(options["progress"])
     command = "mner-bench " + shlex.join(sys.argv[1:])
     try:
-        report = run_bench(command=command, echo=click.echo, **options)
+        report = run_bench(command=command, echo=click.echo, verify=not no_verify, **options)
     except (ValueError, RuntimeError) as error:
         raise click.ClickException(str(error)) from error
     paths = write_report(report, out_dir, notes.read_text() if notes else None)

@@ -1,6 +1,9 @@
 """mner-bench: real runs of a small exported bundle, the report's structure, and parity from real tags."""
 
 import json
+import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +12,13 @@ import torch
 from click.testing import CliRunner
 
 from mner.benchmarks import bench
+from mner.benchmarks import cli as bench_cli
 from mner.benchmarks.cli import bench_command, summary_lines
 from mner.benchmarks.report import PLOTS, write_report
 from mner.export.pipeline import export_bundle
 from mner.export.random_checkpoint import make_random_checkpoint
-from mner.runtime.conll import read_conll
+from mner.runtime import bundle as bundle_module
+from mner.runtime.conll import SPLIT_FILES, read_conll
 from mner.runtime.runners import Runner
 from mner.train.sample import write_sample_corpus
 
@@ -62,9 +67,9 @@ class NoisyTagger(Runner):
 def measured_in_this_process(exported, noise: float = 0.0):
     """A `measure` for run_bench that runs the worker here, with the ort tagger perturbed by `noise`."""
 
-    def measure(job, scratch):
+    def measure(job, scratch, on_batch=None):
         if job["backend"] != "ort" or noise == 0.0:
-            return bench.run_worker(job)
+            return bench.run_worker(job, on_batch)
         spec = bench.BACKENDS["ort"]
         posts = [bench.BenchPost(**post) for post in job["posts"]]
         pictures = {p.image: Path(p.image).read_bytes() for p in posts if p.image}
@@ -108,11 +113,16 @@ def test_window_padding_gives_the_reference_tags(exported):
     assert result["word_agreement"] == 1.0 and result["posts_compared"] == len(posts)
 
 
-def test_report_from_real_workers_has_every_part(exported, tmp_path):
+def test_report_from_real_workers_has_every_part(exported, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="mner.progress")
     lines = []
     report = bench.run_bench(exported["bundle"], ["torch", "ort"], [1, 8], checkpoint=exported["checkpoint"],
                              data=exported["corpus"] / "test.txt", images_dir=exported["corpus"] / "images",
                              threads=1, warmup=1, min_batches=3, command="mner-bench --test", echo=lines.append)  # fmt: skip
+    # One progress line at the end (stderr is no terminal here), counting every post of every batch the workers ran:
+    # per backend, B=1: 1 warm-up post + 14 timed (one pass); B=8: 8 warm-up + 2 passes of 14 (3 batches at least).
+    (done,) = [r.getMessage() for r in caplog.records if r.name == "mner.progress" and "done in" in r.getMessage()]
+    assert done.startswith(f"mner-bench: {2 * (15 + 36)}/{2 * (15 + 36)} posts")
     paths = write_report(report, tmp_path / "out")
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"report.json", "report.md", *PLOTS.values()}
     for name in PLOTS.values():
@@ -121,13 +131,16 @@ def test_report_from_real_workers_has_every_part(exported, tmp_path):
     assert saved["command"] == "mner-bench --test" and saved["reference"] == "torch" and saved["started"] <= saved["created"]
     assert saved["workload"]["posts"] == 14 and saved["workload"]["with_pictures"] > 0
     assert saved["machine"]["cpu"] and saved["machine"]["packages"]["numpy"] != "not installed"
+    assert saved["bundle"]["verify_s"] > 0 and saved["settings"]["verify"] is True
     for name in ("torch", "ort"):
         backend = saved["backends"][name]
         assert backend["load_s"] > 0 and backend["peak_rss_mib"] > 50
         for size in ("1", "8"):
             run = backend["batches"][size]
             latency = run["latency_ms"]
-            assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]
+            assert 0 < latency["min"] <= latency["p10"] <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+            per_batch = run["throughput_batches_posts_s"]
+            assert 0 < per_batch["min"] <= per_batch["p10"] <= per_batch["p90"] <= per_batch["max"]
             assert run["posts"] >= 14 and run["throughput_posts_s"] > 0 and run["tagger_posts_s"] > 0
             assert set(run["steps_ms"]) >= {"tagger", "decode", "encode", "vision", "detector", "images"}
             tagger = run["steps_percentiles_ms"]["tagger"]
@@ -143,6 +156,7 @@ def test_report_from_real_workers_has_every_part(exported, tmp_path):
     for heading in ("## Machine", "## Targets", "## Latency and throughput", "## Parity", "## Load time and memory",
                     "## CRF decoding", "## Time per batch by step, p50 / p90 / p99 ms"):  # fmt: skip
         assert heading in text
+    assert "hashing every file" in text and "p10 ms" in text
     assert any("measuring torch" in line for line in lines)
     assert summary_lines(saved) and all("posts/s" in line for line in summary_lines(saved)[:2])
 
@@ -206,3 +220,91 @@ def test_a_backend_the_bundle_cannot_serve_fails_with_the_reason(exported):
     with pytest.raises(RuntimeError, match="ort-fp16.*fp16"):
         bench.run_bench(exported["bundle"], ["ort-fp16"], [1], max_posts=2, warmup=0, min_batches=1,
                         echo=lambda line: None)  # fmt: skip
+
+
+def test_batch_plan_is_what_measure_pipeline_runs():
+    assert bench.batch_plan(14, 4, warmup=1, min_batches=6) == ([4], [4, 4, 4, 2] * 2)
+    assert bench.batch_plan(14, 8, warmup=3, min_batches=1) == ([8, 6, 8], [8, 6])
+    assert bench.batch_plan(14, 32, warmup=0, min_batches=3) == ([], [14] * 3)
+
+
+def test_the_bundle_is_hashed_once_before_measuring_and_not_in_the_workers(exported, tmp_path, monkeypatch):
+    monkeypatch.setenv("MNER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(bundle_module, "RACY_SECONDS", 0.0)  # the module's bundle is seconds old
+    hashed = []
+    real = bundle_module.sha256_file
+    monkeypatch.setattr(bundle_module, "sha256_file", lambda path: hashed.append(path.name) or real(path))
+    listed = json.loads((exported["bundle"] / "manifest.json").read_text())["files"]
+    common = dict(data=exported["corpus"] / "test.txt", max_posts=2, warmup=0, min_batches=1, echo=lambda line: None,
+                  measure=measured_in_this_process(exported))  # fmt: skip
+    report = bench.run_bench(exported["bundle"], ["ort"], [2], **common)
+    assert sorted(hashed) == sorted(Path(name).name for name in listed)  # once each, by verify_bundle; none at load
+    assert report["bundle"]["verify_s"] > 0 and report["settings"]["verify"] is True
+    hashed.clear()
+    trusted = bench.run_bench(exported["bundle"], ["ort"], [2], verify=False, **common)
+    assert hashed == [] and trusted["bundle"]["verify_s"] is None and trusted["settings"]["verify"] is False
+    assert "(--no-verify)" in write_report(trusted, tmp_path / "r")["markdown"].read_text()
+
+
+def test_data_is_a_folder_and_its_split_or_one_file(exported, tmp_path):
+    corpus = exported["corpus"]
+    valid, _ = bench.load_workload(corpus, None, None, tmp_path, split="valid")
+    assert len(valid) == 4 == len(read_conll(corpus / "valid.txt"))
+    test, source = bench.load_workload(corpus / "test.txt", None, None, tmp_path, split="valid")  # a file: as is
+    assert len(test) == 14 and source == str(corpus / "test.txt")
+    sample, source = bench.load_workload(None, None, 3, tmp_path, split="valid")
+    assert len(sample) == 3 and "built-in sample's valid split" in source
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "train.txt").write_text("")
+    problems = bench.check_request(exported["bundle"], ["ort"], [1], "cpu", None, data=tmp_path / "partial")
+    assert problems and "without test.txt" in problems[0]
+    with pytest.raises(ValueError, match="split must be one of"):
+        bench.load_workload(corpus, None, None, tmp_path, split="dev")
+
+
+def test_cli_spellings_reach_run_bench(exported, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run_bench(**options):
+        calls.append(options)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(bench, "run_bench", fake_run_bench)
+    runner = CliRunner()
+    engine = ["--engine", str(exported["bundle"])]
+    result = runner.invoke(bench_command, [*engine, "--batch-size", "1,4", "--data", str(exported["corpus"]), "--split",
+                                           "valid", "--checkpoint", str(exported["checkpoint"]), "--threads", "2",
+                                           "--max-posts", "5", "--no-verify", "--no-progress", "-o", str(tmp_path / "o")])  # fmt: skip
+    assert result.exit_code == 1 and "stop here" in result.output
+    options = calls[-1]
+    assert options["batch_sizes"] == [1, 4] and options["data"] == exported["corpus"] and options["split"] == "valid"
+    assert options["checkpoint"] == exported["checkpoint"] and options["threads"] == 2 and options["max_posts"] == 5
+    assert options["verify"] is False and options["progress"] is False
+    # The old spellings still work, hidden from --help.
+    result = runner.invoke(bench_command, [*engine, "--batch-sizes", "8", "--ckpt", str(exported["checkpoint"]),
+                                           "--out", str(tmp_path / "o")])  # fmt: skip
+    assert result.exit_code == 1 and "stop here" in result.output
+    options = calls[-1]
+    assert options["batch_sizes"] == [8] and options["checkpoint"] == exported["checkpoint"]
+    assert options["verify"] is True and options["progress"] is None and options["split"] == "test"
+    help_text = runner.invoke(bench_command, ["-h"], terminal_width=200).output
+    for shown in ("--batch-size ", "-o, --output", "--checkpoint", "--data", "--split", "--no-verify", "--progress / --no-progress",
+                  "--threads", "--max-posts", "--engine", "--version"):  # fmt: skip
+        assert shown in help_text
+    for hidden in ("--batch-sizes", "--ckpt", "--out "):
+        assert hidden not in help_text
+    result = runner.invoke(bench_command, [*engine, "--split", "dev"])
+    assert result.exit_code == 2 and "'dev' is not one of" in result.output
+    result = runner.invoke(bench_command, [*engine, "--threads", "0"])
+    assert result.exit_code == 2 and "--threads" in result.output
+
+
+def test_the_split_choices_are_the_runtime_s():
+    assert bench_cli.SPLITS == tuple(SPLIT_FILES)
+
+
+def test_help_imports_nothing_heavy():
+    code = ("import sys, mner.benchmarks.cli; "
+            "print(sorted(m for m in ('numpy', 'torch', 'matplotlib', 'onnxruntime', 'cv2') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
