@@ -1,4 +1,8 @@
-"""mner-bench's outputs: report.json, report.md and two PNG plots, from ``bench.run_bench``'s report."""
+"""mner-bench's outputs: report.json, report.md and two PNG plots, from ``bench.run_bench``'s report.
+
+``python -m mner.benchmarks.report --replot DIR`` draws a written report's plots again
+from its report.json (after a change to the plots; the measurements are not repeated).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,10 @@ import json
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from mner.benchmarks.bench import PERCENTILES, STEPS
+import click
+
+from mner.benchmarks.bench import PERCENTILES, SPREAD, STEPS
+from mner.runtime import clikit
 
 PLOTS = {"latency": "latency_steps.png", "throughput": "throughput.png"}
 
@@ -33,7 +40,20 @@ def _steps_of(report: Mapping[str, Any]) -> list[str]:
     return [step for step in STEPS if step in present]
 
 
+def _spread(values: Mapping[str, float] | None) -> tuple[float, float, float] | None:
+    """(p10, p50, p90) of a run's percentiles, or None for a report written before they were recorded."""
+    low, high = (f"p{p}" for p in SPREAD)
+    if not values or low not in values or high not in values:
+        return None
+    return values[low], values["p50"], values[high]
+
+
+SPREAD_LABEL = f"p{SPREAD[0]}\N{EN DASH}p{SPREAD[1]} of the timed batches"
+NO_SPREAD = "(this report.json predates the spread: none shown)"
+
+
 def write_plots(report: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
+    """latency_steps.png and throughput.png; each shows the p10-p90 spread where the report records it."""
     import matplotlib  # noqa: PLC0415 -- only mner-bench draws
 
     matplotlib.use("Agg")
@@ -43,47 +63,90 @@ def write_plots(report: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
     steps = _steps_of(report)
     paths = {}
 
-    # Stacked bars: mean milliseconds per batch of each step, one bar per (backend, batch size).
-    labels, bars = [], {step: [] for step in steps + ["other"]}
+    # Stacked bars: mean milliseconds per batch of each step, one bar per (backend, batch size);
+    # a whisker over each bar: the end-to-end latency's p50 and p10-p90.
+    labels, bars, whiskers = [], {step: [] for step in steps + ["other"]}, []
     for name, size, run in _runs(report):
         labels.append(f"{name}\nB={size}")
         measured = [run["steps_ms"].get(step, 0.0) for step in steps]
         for step, value in zip(steps, measured):
             bars[step].append(value)
         bars["other"].append(max(0.0, run["latency_ms"]["mean"] - sum(measured)))
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) + 2), 4.5))
+        whiskers.append(_spread(run["latency_ms"]))
+    # constrained layout keeps the axes, labels and legend inside the figure, and
+    # bbox_inches="tight" on saving grows the canvas for anything still outside (a long title).
+    figure, axis = plt.subplots(figsize=(max(7.0, 0.9 * len(labels) + 4.5), 4.8), layout="constrained")  # + the legend
+    positions = list(range(len(labels)))
     bottoms = [0.0] * len(labels)
     for step, values in bars.items():
-        axis.bar(labels, values, bottom=bottoms, label=step)
+        axis.bar(positions, values, bottom=bottoms, label=step)
         bottoms = [b + v for b, v in zip(bottoms, values)]
-    axis.set_ylabel("ms per batch (mean)")
-    axis.set_yscale("log" if max(bottoms, default=1) / max(min(bottoms, default=1), 1e-3) > 200 else "linear")
-    axis.set_title("Time per batch by step (detector and vision overlap in two threads)")
-    axis.legend(fontsize=8)
+    spread = [(x, w) for x, w in zip(positions, whiskers) if w is not None]
+    if spread:
+        xs = [x for x, _ in spread]
+        p50 = [w[1] for _, w in spread]
+        axis.errorbar(xs, p50, yerr=[[w[1] - w[0] for _, w in spread], [w[2] - w[1] for _, w in spread]], fmt="_",
+                      color="black", markersize=14, capsize=4, label=f"end to end: p50, {SPREAD_LABEL}")  # fmt: skip
+    tops = [max(b, w[2] if w else 0.0) for b, w in zip(bottoms, whiskers)]
+    lows = [w[0] if w else b for b, w in zip(bottoms, whiskers)]
+    if max(tops, default=1) / max(min(lows, default=1), 1e-3) > 200:
+        axis.set_yscale("log")
+    else:
+        axis.set_ylim(bottom=0)
+    axis.set_xticks(positions, labels)
+    axis.set_ylabel("ms per batch")
+    axis.set_title("Time per batch by step (bars: mean of each step;\ndetector and vision overlap in two threads)"
+                   + ("" if spread else "\n" + NO_SPREAD), fontsize=11)  # fmt: skip
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     axis.tick_params(axis="x", labelsize=7)
-    figure.tight_layout()
     paths["latency"] = out_dir / PLOTS["latency"]
-    figure.savefig(paths["latency"], dpi=110)
+    figure.savefig(paths["latency"], dpi=110, bbox_inches="tight")
     plt.close(figure)
 
-    # Throughput against batch size, one line per backend.
-    figure, axis = plt.subplots(figsize=(6.0, 4.0))
-    for name, backend in backends.items():
+    # Throughput against batch size, one line per backend (all posts over all timed seconds), and
+    # each batch's own posts/s as a p10-p90 bar, dodged a little so that backends do not overlap.
+    figure, axis = plt.subplots(figsize=(6.5, 4.5), layout="constrained")
+    shown_spread = False
+    for index, (name, backend) in enumerate(backends.items()):
         sizes = sorted(int(size) for size in backend["batches"])
-        axis.plot(sizes, [backend["batches"][str(s)]["throughput_posts_s"] for s in sizes], marker="o", label=name)
+        runs = [backend["batches"][str(s)] for s in sizes]
+        line = axis.plot(sizes, [run["throughput_posts_s"] for run in runs], marker="o", label=name)[0]
+        dodge = 2 ** (0.04 * (index - (len(backends) - 1) / 2))
+        for size, run in zip(sizes, runs):
+            spread_of_batches = _spread(run.get("throughput_batches_posts_s"))
+            if spread_of_batches is not None:
+                low, _, high = spread_of_batches
+                axis.vlines(size * dodge, low, high, color=line.get_color(), alpha=0.6, linewidth=3)
+                shown_spread = True
     every_size = sorted({int(size) for backend in backends.values() for size in backend["batches"]})
     axis.set_xscale("log", base=2)
     axis.set_xticks(every_size, [str(size) for size in every_size])
+    axis.minorticks_off()
+    axis.set_ylim(bottom=0)
     axis.set_xlabel("batch size (posts)")
     axis.set_ylabel("posts / s, end to end")
-    axis.set_title("Throughput")
+    axis.set_title("Throughput (line: all posts over all timed seconds)\n"
+                   + (f"bars: each batch's posts/s, {SPREAD_LABEL}" if shown_spread else NO_SPREAD), fontsize=11)  # fmt: skip
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize=8)
-    figure.tight_layout()
     paths["throughput"] = out_dir / PLOTS["throughput"]
-    figure.savefig(paths["throughput"], dpi=110)
+    figure.savefig(paths["throughput"], dpi=110, bbox_inches="tight")
     plt.close(figure)
     return paths
+
+
+def replot(folder: Path) -> dict[str, Path]:
+    """Draw a report folder's plots again from its report.json (the Markdown and JSON are left as they are)."""
+    path = folder / "report.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ValueError(f"{path}: {error.strerror or error}; give a folder mner-bench wrote") from None
+    except ValueError as error:
+        raise ValueError(f"{path} is not JSON ({error})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("backends"), dict):
+        raise ValueError(f"{path} is not an mner-bench report (no 'backends' table)")
+    return write_plots(report, folder)
 
 
 def _num(value: Any, digits: int = 1) -> str:
@@ -133,13 +196,20 @@ def markdown(report: Mapping[str, Any], notes: str | None = None) -> str:
     lines += [
         "## Latency and throughput",
         "",
-        "| backend | batch | batches timed | p50 ms | p90 ms | p99 ms | posts/s | tagger posts/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "Latency: wall ms of one batch, over the timed batches. Posts/s: all posts over all timed seconds; "
+        "per batch: each batch's own posts/s (a last, smaller batch of a pass counts as it ran).",
+        "",
+        "| backend | batch | batches timed | p10 ms | p50 ms | p90 ms | p99 ms | max ms | posts/s | per batch p10\N{EN DASH}p90 "
+        "posts/s | tagger posts/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, size, run in _runs(report):
         latency = run["latency_ms"]
-        lines.append(f"| {name} | {size} | {run['batches']} | {_num(latency['p50'], 2)} | {_num(latency['p90'], 2)} | "
-                     f"{_num(latency['p99'], 2)} | {_num(run['throughput_posts_s'])} | {_num(run['tagger_posts_s'])} |")  # fmt: skip
+        per_batch = _spread(run.get("throughput_batches_posts_s"))
+        per_batch_cell = "n/a" if per_batch is None else f"{per_batch[0]:.1f}\N{EN DASH}{per_batch[2]:.1f}"
+        lines.append(f"| {name} | {size} | {run['batches']} | {_num(latency.get('p10'), 2)} | {_num(latency['p50'], 2)} | "
+                     f"{_num(latency['p90'], 2)} | {_num(latency['p99'], 2)} | {_num(latency.get('max'), 2)} | "
+                     f"{_num(run['throughput_posts_s'])} | {per_batch_cell} | {_num(run['tagger_posts_s'])} |")  # fmt: skip
     steps = _steps_of(report)
     lines += [
         "",
@@ -183,8 +253,16 @@ def markdown(report: Mapping[str, Any], notes: str | None = None) -> str:
         gpu = backend.get("gpu_memory")
         gpu_cell = "n/a" if not gpu or gpu.get("peak_mib") is None else f"{gpu['peak_mib']:.0f} ({gpu['how']})"
         lines.append(f"| {name} | {backend['load_s']:.2f} | {backend['peak_rss_mib']:.0f} | {gpu_cell} |")
-    lines += ["", "Load: `Pipeline.from_bundle` in a fresh process (imports, checksums of every bundle file, sessions or "
-              "the rebuilt PyTorch model). Peak RSS: the whole measuring process, loading and every batch size.", ""]  # fmt: skip
+    verify_s = bundle.get("verify_s")
+    if settings.get("verify") is False:
+        checks = "the bundle's files checked for presence and size only (--no-verify)"
+    elif verify_s is not None:
+        checks = (f"the bundle's file checks with its files already verified -- hashing every file, what a first start "
+                  f"or a start after a change adds, took {verify_s:.2f} s here, before any backend loaded --")  # fmt: skip
+    else:
+        checks = "checksums of every bundle file"
+    lines += ["", f"Load: `Pipeline.from_bundle` in a fresh process (imports, {checks}, sessions or the rebuilt PyTorch "
+              "model). Peak RSS: the whole measuring process, loading and every batch size.", ""]  # fmt: skip
     lines += _decode_section(report["decode"])
     if notes:
         lines += ["## Notes", "", notes.strip(), ""]
@@ -228,3 +306,22 @@ def _decode_section(decode: Mapping[str, Any]) -> list[str]:
         speedup = f"{reference / row['mner']:.0f}x" if reference else "n/a"
         lines.append(f"| {size} | {row['mner']:.3f} | {_num(reference, 3) if reference else 'not installed'} | {speedup} |")
     return lines + [""]
+
+
+
+@clikit.command()
+@clikit.option("--replot", "folders", multiple=True, required=True,
+               type=click.Path(exists=True, file_okay=False, path_type=Path),
+               help="A report folder mner-bench wrote; its PNGs are drawn again from its report.json (repeatable).")  # fmt: skip
+def replot_command(folders: tuple[Path, ...]) -> None:
+    """Draw mner-bench reports' plots again from their report.json (after a change to the plots)."""
+    for folder in folders:
+        try:
+            paths = replot(folder)
+        except ValueError as error:
+            raise click.ClickException(str(error)) from None
+        click.echo(f"{folder}: {paths['latency'].name}, {paths['throughput'].name}")
+
+
+if __name__ == "__main__":  # python -m mner.benchmarks.report --replot DIR [--replot DIR ...]
+    replot_command()
