@@ -39,7 +39,7 @@ def test_the_report_of_a_few_classes_has_its_sections_and_no_500(bundle, tmp_pat
     assert re.search(r"\| 500s .* \| 0 / 0 \| yes \|", report)
     assert re.search(r"\| slowest /healthz .* \| yes \|", report)
     # mner-tag: every line answered, nothing planted outside --images opened, the disk errors one line each
-    assert re.search(r"\| mner-tag runs aborted by a line = 0 \| 0 \(exit 0, traceback: no; (\d+) records for \1 lines\) \| yes \|", report)
+    assert re.search(r"\| mner-tag runs aborted by a line = 0 \| 0 \(exit 3, traceback: no; (\d+) records for \1 lines\) \| yes \|", report)
     assert "| files read outside --images = 0 | 0 planted files outside --images opened | yes |" in report
     assert report.count("- disk error,") == 2 and "traceback: **yes**" not in report
     assert "Not measured in this run." in report  # the p99 part was skipped, and says so
