@@ -1,5 +1,6 @@
 # The README's two commands: `make demo` and `make test`.
-# Both build an isolated environment in .venv (once) and install the project into it.
+# Both build an isolated environment in .venv (once) and install the project into it with
+# every extra (.[test] pulls in train and bench).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -7,10 +8,20 @@ SOURCES := pyproject.toml CMakeLists.txt $(shell git ls-files runtime train expo
 
 .PHONY: install demo test clean
 
+# The project is built without an isolated build environment, in build/<wheel tag>: the native
+# extension is compiled once and reused by later installs and by tests/test_slim_install.py, which
+# builds the same wheel (an isolated build compiles it from scratch every time, a minute here).
+# So the build tools go in first: build-system.requires, then whatever scikit-build-core still asks
+# for (cmake and ninja from PyPI where the machine has none recent enough).
+BUILD_DIR := build/{wheel_tag}
+
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet ".[test]"
+	$(PY) -m pip install --quiet $$($(PY) -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
+	reqs="$$($(PY) -c 'from scikit_build_core.build import get_requires_for_build_wheel as r; print(" ".join(r()))')"; \
+	  test -z "$$reqs" || $(PY) -m pip install --quiet $$reqs
+	$(PY) -m pip install --quiet --no-build-isolation --config-settings=build-dir=$(BUILD_DIR) ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
