@@ -3,8 +3,9 @@
 Public API (import from the modules; this package imports nothing on its own):
 
 * ``pipeline.export_bundle(ckpt=, out=, fp16=, trt=, resnet_weights=, detector_weights=, stages=,
-  parity_data=, seed=, overwrite=)`` -> ``ExportResult`` -- what ``mner-export`` runs;
+  parity_data=, split=, seed=, overwrite=, progress=)`` -> ``ExportResult`` -- what ``mner-export`` runs;
 * ``stages.STAGES`` -- the table of ``spec.StageSpec`` (detector, vision, tagger);
+* ``stage_choice.select_for_checkpoint`` -- the stages a checkpoint exports by default (torch-free);
 * ``bundle.MANIFEST_FORMAT_VERSION``, ``bundle.verify_bundle``, ``bundle.read_manifest`` and the
   manifest schema in ``bundle``'s docstring;
 * ``fp16.convert_to_fp16``, ``parity.ParityReport`` / ``ParityError``, ``trt.require_tensorrt``;

@@ -40,6 +40,10 @@ to the bundle, with "/" separators::
                                 exported detector's input side,
                       "objects": {"score_threshold", "iou_threshold", "max_objects", "top_k", "labels"}:
                                 the arguments of mner.runtime.coco.select_objects and the detector's K}
+    stage_selection  {"stages": [names], "chosen_by": "checkpoint" (the default) or "--stages",
+                      "pictures_in_training": true / false / null (not recorded), "reason": in words,
+                      "untrained_image_stages": image stages exported for a model that never saw a picture}
+                     (export/stage_choice.py); absent from bundles exported before it
     stages           {name: stage} for the stages exported, name in "detector", "vision", "tagger":
         summary        one line
         inputs         [{"name", "dtype", "shape"}] in the graph's input order; dtype a numpy name

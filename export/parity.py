@@ -22,10 +22,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
-from tqdm.auto import tqdm
 
 from mner.export.spec import BuiltStage, StageSpec
 from mner.runtime.decode import CRFParameters, decode_words
+from mner.runtime.progress import progress as progress_bar
 from mner.runtime.tags import TagScheme
 from mner.runtime.text import TextEncoder
 
@@ -217,26 +217,32 @@ def tag_posts(
     dims: Mapping[str, int],
     seed: int,
     description: str,
+    progress: bool | None = True,
 ) -> list[list[str]]:
-    """Word tags of every post, computed in batches of similar length; post i gets image features i."""
+    """Word tags of every post, computed in batches of similar length; post i gets image features i.
+
+    ``progress``: a bar on a terminal, periodic log lines elsewhere, False nothing (runtime.progress).
+    """
     encoded = encoder.encode_many(posts)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     tags: list[list[str] | None] = [None] * len(encoded)
-    for start in tqdm(range(0, len(order), TEXT_BATCH), desc=description, unit="batch", leave=False):
-        rows = order[start : start + TEXT_BATCH]
-        batch = encoder.batch([encoded[i] for i in rows])
-        features = [synthetic_image_features(i, seed, dims["grid_cells"], dims["grid_dim"], dims["num_objects"]) for i in rows]
-        inputs = {
-            "input_ids": batch["input_ids"],
-            "attention_mask": batch["attention_mask"],
-            "aug_ids": batch["aug_ids"],
-            "grid": np.stack([f[0] for f in features]),
-            "image_mask": np.array([f[1] for f in features], dtype=np.int64),
-            "object_ids": np.stack([f[2] for f in features]),
-        }
-        decoded = decode_words(emissions_of(inputs), batch["lengths"], batch["roles"], scheme, crf)
-        for row, word_tags in zip(rows, decoded.word_tags):
-            tags[row] = word_tags
+    with progress_bar(len(order), desc=description, unit="post", enabled=progress, leave=False) as bar:
+        for start in range(0, len(order), TEXT_BATCH):
+            rows = order[start : start + TEXT_BATCH]
+            batch = encoder.batch([encoded[i] for i in rows])
+            features = [synthetic_image_features(i, seed, dims["grid_cells"], dims["grid_dim"], dims["num_objects"]) for i in rows]
+            inputs = {
+                "input_ids": batch["input_ids"],
+                "attention_mask": batch["attention_mask"],
+                "aug_ids": batch["aug_ids"],
+                "grid": np.stack([f[0] for f in features]),
+                "image_mask": np.array([f[1] for f in features], dtype=np.int64),
+                "object_ids": np.stack([f[2] for f in features]),
+            }
+            decoded = decode_words(emissions_of(inputs), batch["lengths"], batch["roles"], scheme, crf)
+            for row, word_tags in zip(rows, decoded.word_tags):
+                tags[row] = word_tags
+            bar.update(len(rows))
     return tags  # type: ignore[return-value]
 
 

@@ -4,7 +4,9 @@ Order, so that a mistake costs as little as possible and nothing half-done remai
 
 1. checks that need no work: TensorRT and a GPU (for ``trt``), the stage names, the
    destination, the weight and text files exist;
-2. the checkpoint is loaded (a bad or foreign file fails here, named);
+2. the checkpoint is loaded (a bad or foreign file fails here, named), and the stages chosen:
+   those named, else the ones it was trained with (``export/stage_choice.py``: the tagger
+   alone for a model that never saw a picture);
 3. per stage, in a temporary directory: build the module, export the FP32 graph,
    check it (onnx.checker, interface), run parity; with ``fp16``, convert, check,
    run parity again; the tagger also decodes the parity text;
@@ -40,8 +42,10 @@ from mner.export.parity import (
     tag_posts,
 )
 from mner.export.spec import BuiltStage, Sources, StageSpec
+from mner.export.stage_choice import parse_stage_names, select_for_checkpoint
 from mner.export.stages import select_stages
 from mner.export.trt import build_engines, require_tensorrt
+from mner.runtime.conll import data_file
 from mner.runtime.image import DETECTOR_SIZE, preprocessing_constants
 from mner.train.checkpoint import load_checkpoint
 from mner.train.data import read_conll
@@ -49,7 +53,7 @@ from mner.train.vision import DETECTOR_TOP_K, GRID_ARCHS
 
 logger = logging.getLogger(__name__)
 
-SYNTHETIC_POSTS = 200  # parity posts when no --parity-data is given
+SYNTHETIC_POSTS = 200  # parity posts when no parity data is given
 
 
 @dataclass
@@ -73,13 +77,20 @@ def export_bundle(
     detector_weights: str | os.PathLike | None = None,
     stages: str | Sequence[str] | None = None,
     parity_data: str | os.PathLike | None = None,
+    split: str = "test",
     seed: int | None = None,
     overwrite: bool = False,
     vision_arch: str | None = None,
     detector_size: int | None = None,
+    progress: bool | None = True,
 ) -> ExportResult:
     """Export ``ckpt`` into the bundle ``out``; see the module docstring for the order of work.
 
+    ``stages`` None exports the stages the checkpoint was trained with (a text-only model: the
+    tagger); naming detector or vision for such a model exports them with a warning.
+    ``parity_data`` is TWITTER-format CoNLL data, a folder (its ``split`` file) or one file,
+    whose every post the tag check decodes; None: seeded synthetic posts. ``progress`` as
+    ``mner.runtime.progress``'s ``enabled``.
     ``trt`` builds engines from the FP16 graphs, so it writes them too. ``vision_arch``
     and ``detector_size`` exist for tests and small demos (resnet50, a 128-pixel detector);
     the manifest records both. ``seed``, ``vision_arch`` and ``detector_size`` default to
@@ -89,18 +100,27 @@ def export_bundle(
     """
     start = time.perf_counter()
     trt_module = require_tensorrt() if trt else None  # first: nothing is read or written before it
-    specs = select_stages(stages)
+    if stages is not None:
+        parse_stage_names(stages)  # a misspelt stage fails before the checkpoint is read
     out = Path(out)
     check_destination(out, overwrite)
-    paths = {"--resnet-weights": resnet_weights, "--detector-weights": detector_weights, "--parity-data": parity_data}
+    paths = {"--resnet-weights": resnet_weights, "--detector-weights": detector_weights}
     for option, path in paths.items():
         if path is not None and not Path(path).is_file():
             raise ValueError(f"{option} {path}: no such file")
+    parity_file = data_file(parity_data, split) if parity_data is not None else None
     fp16 = fp16 or trt
 
     ckpt = Path(ckpt)
     checkpoint = load_checkpoint(ckpt)
-    trained_with = checkpoint.payload.get("train_args", {})
+    selection = select_for_checkpoint(stages, checkpoint.payload)
+    specs = select_stages(selection.stages)
+    logger.info("stages: %s (%s)", ", ".join(selection.stages), selection.reason)
+    if selection.warning():
+        logger.warning("%s", selection.warning())
+    _warn_unused_options(selection.stages, resnet_weights=resnet_weights, detector_weights=detector_weights,
+                         vision_arch=vision_arch, detector_size=detector_size)  # fmt: skip
+    trained_with = checkpoint.payload.get("train_args") or {}
     seed = trained_with.get("seed", 0) if seed is None else seed
     vision_arch = vision_arch or trained_with.get("grid_arch", "resnet152")
     detector_size = detector_size or trained_with.get("detector_size", DETECTOR_SIZE)
@@ -116,7 +136,7 @@ def export_bundle(
         vision_arch=vision_arch,
         detector_size=detector_size,
     )
-    text = _parity_text(parity_data, checkpoint, seed) if any(s.name == "tagger" for s in specs) else None
+    text = _parity_text(parity_file, checkpoint, seed) if any(s.name == "tagger" for s in specs) else None
     report = ParityReport(text=text.description if text else {})
     precisions = ("fp32", "fp16") if fp16 else ("fp32",)
 
@@ -127,7 +147,7 @@ def export_bundle(
             built = spec.build(sources)
             entries[spec.name] = _export_stage(spec, built, writer.dir, precisions, seed, report)
             if spec.name == "tagger" and text is not None:
-                _check_tags(spec, built, writer.dir, precisions, text, checkpoint, seed, report)
+                _check_tags(spec, built, writer.dir, precisions, text, checkpoint, seed, report, progress)
             built_stages.append((spec, built))
         report.raise_if_failed()
         engines = build_engines(trt_module, writer.dir, built_stages) if trt_module is not None else {}
@@ -163,6 +183,7 @@ def export_bundle(
                 "image": {**preprocessing_constants(), "detector_size": detector_size},
                 "objects": {**detector_stage.selection_settings(checkpoint.config.num_objects), "top_k": DETECTOR_TOP_K},
             },
+            "stage_selection": selection.to_json(),
             "stages": entries,
             "engines": engines,
             "parity": report.to_json(),
@@ -205,26 +226,35 @@ def _export_stage(spec: StageSpec, built: BuiltStage, directory: Path, precision
     }
 
 
-def _check_tags(spec, built, directory, precisions, text: TextSource, checkpoint, seed: int, report: ParityReport) -> None:
+def _check_tags(spec, built, directory, precisions, text: TextSource, checkpoint, seed: int, report: ParityReport,
+                progress: bool | None) -> None:  # fmt: skip
     """Decode the parity text with PyTorch and with each graph; FP32 must match on every post."""
     encoder, scheme, crf = checkpoint.text_encoder, checkpoint.scheme, checkpoint.crf_parameters()
     case = f"{text.description['source']} ({len(text.posts)} posts)"
     reference = tag_posts(lambda inputs: built.run(inputs, spec.input_names)[0], text.posts, encoder, scheme, crf,
-                          built.dims, seed, "tags: torch")  # fmt: skip
+                          built.dims, seed, "tags: torch", progress)  # fmt: skip
     for precision in precisions:
         session = cpu_session(directory / spec.graph_file(precision))
         candidate = tag_posts(lambda inputs: session.run(["emissions"], inputs)[0], text.posts, encoder, scheme, crf,
-                              built.dims, seed, f"tags: onnx {precision}")  # fmt: skip
+                              built.dims, seed, f"tags: onnx {precision}", progress)  # fmt: skip
         report.add(spec.name, precision, case, [compare_tags(reference, candidate, strict=precision == "fp32")])
 
 
-def _parity_text(parity_data, checkpoint, seed: int) -> TextSource:
-    if parity_data is None:
+def _warn_unused_options(stages: tuple[str, ...], **options) -> None:
+    """A vision or detector option given for an export without that stage is said, not silently dropped."""
+    users = {"resnet_weights": "vision", "vision_arch": "vision", "detector_weights": "detector", "detector_size": "detector"}
+    for name, value in options.items():
+        if value is not None and users[name] not in stages:
+            logger.warning("--%s is not used: the %s stage is not exported (stages: %s; name it in --stages to add it)",
+                           name.replace("_", "-"), users[name], ", ".join(stages))  # fmt: skip
+
+
+def _parity_text(path: Path | None, checkpoint, seed: int) -> TextSource:
+    if path is None:
         return synthetic_text(checkpoint.text_encoder, SYNTHETIC_POSTS, seed)
-    path = Path(parity_data)
     posts = [post.words for post in read_conll(path)]
     if not posts:
-        raise ValueError(f"--parity-data {path} holds no posts")
+        raise ValueError(f"--data {path} holds no posts")
     return TextSource(posts, {"source": path.name, "sha256": sha256_file(path), "posts": len(posts)})
 
 
