@@ -1,4 +1,9 @@
-"""Console entry point: mner-export (thin: parse, then call export_bundle by keyword)."""
+"""Console entry point: mner-export (thin: parse, then call export_bundle by keyword).
+
+Only click and torch-free modules at the top: ``mner-export --help`` must answer in well
+under a second, and torch, onnx and the stage modules take seconds to import. They load
+inside the command, after the arguments are parsed.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +11,63 @@ import logging
 
 import click
 
-from mner.export.stages import STAGES
+from mner.export.stage_choice import STAGE_NAMES
+from mner.runtime import clikit, extras
+
+# The keys of mner.runtime.conll.SPLIT_FILES (a test checks they agree): that module imports
+# numpy, a quarter of a second this command's --help need not spend.
+SPLITS = ("train", "valid", "test")
+# What the export imports from mner[train] (looked up, not imported, before the command runs).
+EXPORT_MODULES = ("torch", "torchvision", "transformers", "onnx", "onnxscript")
+FROM_CHECKPOINT = "[default: from the checkpoint: {}]"
 
 
-@click.command()
-@click.option("--ckpt", required=True, type=click.Path(dir_okay=False), help="A best.pt written by mner-train (or mner-convert).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="The bundle directory to create.")
-@click.option("--fp16", is_flag=True, help="Also write mixed-precision graphs (*.fp16.onnx) for GPUs.")
-@click.option("--trt", is_flag=True, help="Also build TensorRT engines from the FP16 graphs (needs tensorrt and a CUDA GPU).")
-@click.option("--resnet-weights", type=click.Path(dir_okay=False), help="torchvision ResNet-152 ImageNet state_dict file; default: seeded random weights.")
-@click.option("--detector-weights", type=click.Path(dir_okay=False), help="torchvision RetinaNet-ResNet50-FPN-v2 COCO state_dict file; default: seeded random weights.")
-@click.option("--stages", default=",".join(STAGES), show_default=True, help=f"Comma-separated subset of {', '.join(STAGES)}.")
-@click.option("--parity-data", type=click.Path(dir_okay=False), help="CoNLL file whose every post the tag parity check decodes; default: synthetic posts.")
-@click.option("--seed", type=int, help="Seed of random vision/detector weights and of the parity inputs; default: the checkpoint's training seed, so random encoders match what training saw.")
-@click.option("--vision-arch", type=click.Choice(["resnet152", "resnet101", "resnet50"]), help="Grid encoder; default: the one the checkpoint was trained with (the paper: resnet152).")
-@click.option("--detector-size", type=int, help="Detector input side (a multiple of 128); default: the one the checkpoint was trained with (512).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out (only once the new one is complete).")
-@click.option("-v", "--verbose", is_flag=True)
-def export_command(verbose: bool, **options) -> None:
-    """Export a checkpoint to a bundle: ONNX graphs per stage, parity-checked, with manifest."""
-    # mner's own progress at INFO; the exporter's optimiser logs hundreds of INFO lines per graph.
+@clikit.command()
+@clikit.option("--checkpoint", "checkpoint", hidden_aliases=("--ckpt",), required=True, type=click.Path(dir_okay=False),
+               help="A best.pt written by mner-train (or mner-convert).")
+@clikit.option("-o", "--output", "output", hidden_aliases=("--out",), required=True, type=click.Path(file_okay=False),
+               help="The bundle folder to create.")
+@clikit.option("--stages", help=f"Comma-separated subset of {','.join(STAGE_NAMES)}. "
+               + FROM_CHECKPOINT.format("all of them, or tagger alone for a model trained without --images; "
+                                        "naming detector or vision for such a model exports them with a warning"))
+@clikit.option("--data", "data", hidden_aliases=("--parity-data",), type=click.Path(),
+               help="TWITTER-format CoNLL data whose every post the tag parity check decodes: a folder "
+                    "(its --split file) or one file. [default: 200 seeded synthetic posts]")
+@clikit.option("--split", type=click.Choice(SPLITS), default="test",
+               help="Which file of a --data folder the parity check reads.")
+@clikit.option("--fp16", is_flag=True, help="Also write mixed-precision graphs (*.fp16.onnx) for GPUs.")
+@clikit.option("--trt", is_flag=True,
+               help="Also build TensorRT engines from the FP16 graphs (needs tensorrt and a CUDA GPU).")
+@clikit.option("--resnet-weights", type=click.Path(dir_okay=False),
+               help="torchvision ResNet-152 ImageNet state_dict file. [default: seeded random weights]")
+@clikit.option("--detector-weights", type=click.Path(dir_okay=False),
+               help="torchvision RetinaNet-ResNet50-FPN-v2 COCO state_dict file. [default: seeded random weights]")
+@clikit.option("--seed", type=int, help="Seed of random vision/detector weights and of the parity inputs, so "
+               "random encoders match what training saw. " + FROM_CHECKPOINT.format("its training seed"))
+@clikit.option("--vision-arch", type=click.Choice(["resnet152", "resnet101", "resnet50"]),
+               help="Grid encoder. " + FROM_CHECKPOINT.format("the one it was trained with; the paper's: resnet152"))
+@clikit.option("--detector-size", type=int, help="Detector input side, a multiple of 128. "
+               + FROM_CHECKPOINT.format("the one it was trained with, 512 unless set"))
+@clikit.option("--overwrite", is_flag=True, help="Replace an existing bundle at --output (only once the new one is complete).")
+@clikit.progress_option()
+@clikit.verbose_option()
+def export_command(checkpoint: str, output: str, data: str | None, verbose: bool, **options) -> None:
+    """Export a checkpoint to a bundle: ONNX graphs per stage, parity-checked, with manifest.
+
+    By default the bundle has the stages the checkpoint was trained with: a model trained
+    without pictures gets the tagger alone (pictures sent to it are refused per post).
+    """
+    # Without mner[train] (the slim install): one line naming the pip install, not an import traceback.
+    extras.require_extra("train", *EXPORT_MODULES)
+    # mner's own progress at INFO (the mner.progress lines off a terminal); the exporter's
+    # optimiser logs hundreds of INFO lines per graph, so the rest stays at WARNING.
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("mner").setLevel(logging.DEBUG if verbose else logging.INFO)
     from mner.export.pipeline import export_bundle  # torch and onnx load after argument parsing
     from mner.export.trt import EngineBuildError, TensorRTUnavailable
 
     try:
-        result = export_bundle(**options)
+        result = export_bundle(ckpt=checkpoint, out=output, parity_data=data, **options)
     except (ValueError, TensorRTUnavailable, EngineBuildError) as error:
         raise click.ClickException(str(error)) from error
     manifest = result.manifest
@@ -40,6 +75,7 @@ def export_command(verbose: bool, **options) -> None:
     click.echo(f"bundle: {result.path} ({result.bytes / 2**20:.1f} MiB, {len(manifest['files']) + 1} files)")
     stages = [f"{name} ({'+'.join(entry['graphs'])})" for name, entry in manifest["stages"].items()]
     click.echo(f"stages: {', '.join(stages)}")
+    click.echo(f"  why: {manifest['stage_selection']['reason']}")
     click.echo(f"parity: {len(checks)} checks passed")
     for check in checks:
         if check["metric"] in ("word_agreement", "differing_posts"):

@@ -20,8 +20,9 @@ a text over --max-text-chars, a picture over --max-pixels, too many posts, a req
 budget, invalid base64, a corrupt picture, an empty text or a text with a lone surrogate (JSON
 "\\ud800", kind "bad text": refused before batching, so it never shares a batch); 503 +
 Retry-After when the queue is full, the bundle is still warming up (kind "not ready": counted in
-mner_not_ready_total, not mner_errors_total) or the connection is past --max-connections; 504 past --timeout-s; 500 for a post whose tagging raised (the pipeline then
-tags the rest of its batch alone) or a bug (logged; the connection stays open). /v1/tag/batch
+mner_not_ready_total, not mner_errors_total) or the connection is past --max-connections; 504
+past --timeout-s; 500 for a post whose tagging raised (the pipeline then tags the rest of its
+batch alone) or a bug (logged; the connection stays open). /v1/tag/batch
 answers 200 with each bad post's own {"error": {...}} in its place among the others' results;
 only a request that is wrong as a whole (not a list, too many posts, over the request budget,
 bad JSON) is refused whole.
@@ -145,7 +146,8 @@ class _PrometheusText(Response):
 _DESCRIPTION = """Multimodal named-entity recognition for posts: text and an optional picture.
 
 Every refusal, whatever its status, is `{"error": {"kind", "message"[, "limit", "value"]}}` (the kind also in the
-`x-error-kind` header); `limit` names the mner-serve option broken (`max_text_chars` is `--max-text-chars`).
+`x-error-kind` header); `limit` names the limit broken: an mner-serve option with underscores
+(`max_text_chars` is `--max-text-chars`), or one of the JSON reader's fixed limits (`max_depth`, `max_int_digits`).
 Each endpoint lists the statuses it returns; any path the API lacks is a 404 and any method a path lacks a 405,
 in the same shape. `/v1/tag/batch` answers 200 with each bad post's own error in its place among the results."""
 
@@ -824,7 +826,8 @@ def startup_line(pipeline: Pipeline, config: ServeConfig, limits: HttpLimits, bu
     fields: dict[str, Any] = {"url": url, "ready": ready, "access_log": access_log,
                               "limits": {name.replace("-", "_"): value for name, value in shown.items()}}  # fmt: skip
     if bundle is not None:
-        parts.append(f"bundle {bundle.path} (sha256 {bundle.sha256}, {'verified' if bundle.verified else 'not verified: --no-verify'})")
+        verified = "verified" if bundle.verified else "not verified: --no-verify"
+        parts.append(f"bundle {bundle.path} (sha256 {bundle.sha256}, {verified})")
         parts.append(f"backend {bundle.backend} on {bundle.device}, {bundle.precision}, stages {'+'.join(bundle.stages)}")
         fields.update(bundle=bundle.path, sha256=bundle.sha256, verified=bundle.verified, backend=bundle.backend,
                       device=bundle.device, precision=bundle.precision, stages=list(bundle.stages))  # fmt: skip

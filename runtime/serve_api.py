@@ -68,8 +68,9 @@ class TagOut(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    """What was refused and why. ``limit`` and ``value`` name the server's limit broken (the option of
-    mner-serve, with underscores: ``max_text_chars`` is ``--max-text-chars``) and its setting."""
+    """What was refused and why. ``limit`` and ``value`` name the server's limit broken and its setting: an
+    option of mner-serve with underscores (``max_text_chars`` is ``--max-text-chars``), or one of the JSON
+    reader's fixed limits (``max_depth``, ``max_int_digits``)."""
 
     kind: str = Field(description="A short, stable name of the refusal (also in the x-error-kind header).",
                       examples=["text too long"])

@@ -92,29 +92,28 @@ def serve_command(bundle, backend, device, precision, threads, no_verify, host, 
     """Serve an exported bundle over HTTP on HOST:PORT: POST /v1/tag and /v1/tag/batch; GET /healthz, /readyz,
     /metrics (Prometheus), /docs and /redoc (work offline), /openapi.json. One log line says the URL, bundle
     and limits once listening; SIGTERM drains, then stops."""
-    serve_logging.configure(log_format, level=logging.DEBUG if verbose else logging.INFO)
-    from mner.runtime.pipeline import Pipeline  # noqa: PLC0415 -- numpy, ONNX Runtime: not for --help
-    from mner.runtime.serve import BundleInfo, serve  # noqa: PLC0415 -- the web stack: not for --help
+    with serve_logging.configured(log_format, level=logging.DEBUG if verbose else logging.INFO):
+        from mner.runtime.pipeline import Pipeline  # noqa: PLC0415 -- numpy, ONNX Runtime: not for --help
+        from mner.runtime.serve import BundleInfo, serve  # noqa: PLC0415 -- the web stack: not for --help
 
-    try:
-        config = ServeConfig(max_batch=batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout_s,
-                             max_body_bytes=max_body_bytes, max_text_chars=max_text_chars,
-                             max_request_posts=max_request_posts, max_post_pieces=max_post_pieces,
-                             max_request_pieces=max_request_pieces, max_request_pixels=max_request_pixels,
-                             max_batch_pixels=max_batch_pixels, max_step_pieces=max_step_pieces)  # fmt: skip
-        limits = HttpLimits(header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s, keep_alive_s=keep_alive_s,
-                            max_connections=max_connections, drain_s=drain_s)  # fmt: skip
-        pixels = {} if max_pixels is None else {"max_pixels": max_pixels}
-        pipeline = Pipeline.from_bundle(bundle, backend=backend, device=device, precision=precision, threads=threads,
-                                        verify=not no_verify, batch_size=batch_size, chunk_pieces=max_step_pieces,
-                                        on_bad_image=on_bad_image, **pixels)  # fmt: skip
-    except (ValueError, RuntimeError) as error:
-        raise click.ClickException(str(error)) from error
-    with pipeline:
-        info = BundleInfo.of(bundle, backend=backend, device=device, precision=precision, verified=not no_verify,
-                             stages=tuple(runner.stage.name for runner in pipeline.runners))  # fmt: skip
-        serve(pipeline, config, limits, host=host, port=port, bundle=info, access_log=access_log)
-
+        try:
+            config = ServeConfig(max_batch=batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                                 timeout_s=timeout_s, max_body_bytes=max_body_bytes, max_text_chars=max_text_chars,
+                                 max_request_posts=max_request_posts, max_post_pieces=max_post_pieces,
+                                 max_request_pieces=max_request_pieces, max_request_pixels=max_request_pixels,
+                                 max_batch_pixels=max_batch_pixels, max_step_pieces=max_step_pieces)  # fmt: skip
+            limits = HttpLimits(header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
+                                keep_alive_s=keep_alive_s, max_connections=max_connections, drain_s=drain_s)  # fmt: skip
+            pixels = {} if max_pixels is None else {"max_pixels": max_pixels}  # none: the bundle's
+            pipeline = Pipeline.from_bundle(bundle, backend=backend, device=device, precision=precision,
+                                            threads=threads, verify=not no_verify, batch_size=batch_size,
+                                            chunk_pieces=max_step_pieces, on_bad_image=on_bad_image, **pixels)  # fmt: skip
+        except (ValueError, RuntimeError) as error:
+            raise click.ClickException(str(error)) from error
+        with pipeline:
+            info = BundleInfo.of(bundle, backend=backend, device=device, precision=precision, verified=not no_verify,
+                                 stages=tuple(runner.stage.name for runner in pipeline.runners))  # fmt: skip
+            serve(pipeline, config, limits, host=host, port=port, bundle=info, access_log=access_log)
 
 if __name__ == "__main__":
     serve_command()

@@ -7,11 +7,12 @@ the process's stderr is one JSON object.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -44,16 +45,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
-def configure(log_format: str = "text", *, level: int = logging.INFO, stream=None) -> logging.Handler:
-    """One handler on the root logger, writing ``log_format`` lines to ``stream`` (stderr); replaces the root's
-    handlers, so that a record is written once. Returns the handler."""
+@contextlib.contextmanager
+def configured(log_format: str = "text", *, level: int = logging.INFO, stream=None) -> Iterator[logging.Handler]:
+    """While open, the root logger writes ``log_format`` lines at ``level`` to ``stream`` (stderr) through one
+    handler of ours, in place of its own handlers (so a record is written once); on closing, the root logger is
+    as it was (a command run in-process, as tests do, leaves no handler behind on a stream since closed)."""
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log_format must be one of {LOG_FORMATS}, got {log_format!r}")
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
-    for old in list(root.handlers):
+    saved_handlers, saved_level = list(root.handlers), root.level
+    for old in saved_handlers:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    return handler
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        for old in saved_handlers:
+            root.addHandler(old)
+        root.setLevel(saved_level)

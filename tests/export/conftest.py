@@ -1,4 +1,5 @@
-"""Shared fixtures: a small random-weights checkpoint and one full bundle exported from it.
+"""Shared fixtures: a small random-weights checkpoint and one full bundle exported from it, and a
+small checkpoint really trained by mner-train on text alone.
 
 The model is the tiny preset narrowed further (hidden 32, one layer) so that export
 and parity take seconds; the vision stage uses ResNet-50 (the same 2048-channel grid
@@ -16,6 +17,8 @@ from mner.export.random_checkpoint import make_random_checkpoint
 from mner.export.spec import Sources
 from mner.train.checkpoint import load_checkpoint
 from mner.train.data import read_conll
+from mner.train.sample import write_sample_corpus
+from mner.train.trainer import TrainArgs, train
 
 SMALL = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
          "augmentation_dim": 16, "vocab_size": 1500}  # fmt: skip
@@ -58,3 +61,15 @@ def bundle(small_ckpt, tmp_path_factory) -> Path:
     parity_data = TEST_TEXT if TEST_TEXT.is_file() else None
     export_bundle(ckpt=small_ckpt, out=out, fp16=True, parity_data=parity_data, seed=0, **FAST)
     return out
+
+
+@pytest.fixture(scope="session")
+def text_only_ckpt(tmp_path_factory) -> Path:
+    """best.pt as mner-train writes it without --images (one epoch on 16 sample posts, ~6 s):
+    the model never saw a picture. Its corpus folder is the checkpoint's grandparent."""
+    root = tmp_path_factory.mktemp("text-only")
+    corpus = write_sample_corpus(root / "corpus", sizes={"train": 16, "valid": 4, "test": 6})
+    model = {key: value for key, value in SMALL.items() if key != "vocab_size"}  # the vocabulary comes from the data
+    train(TrainArgs(data_dir=corpus, out_dir=root / "run", preset="tiny", epochs=1, batch_size=8, seed=5,
+                    device="cpu", model_overrides=model))  # fmt: skip
+    return root / "run" / "best.pt"

@@ -6,6 +6,7 @@ process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -83,7 +84,13 @@ def captured(monkeypatch, tmp_path):
 
     monkeypatch.setattr(Pipeline, "from_bundle", staticmethod(from_bundle))
     monkeypatch.setattr("mner.runtime.serve.serve", serve)
-    monkeypatch.setattr(serve_logging, "configure", lambda log_format, level: seen.update(log_format=log_format, level=level))
+
+    @contextlib.contextmanager
+    def configured(log_format, level):
+        seen.update(log_format=log_format, level=level)
+        yield
+
+    monkeypatch.setattr(serve_logging, "configured", configured)
 
     def run(*args: str) -> dict:
         result = CliRunner().invoke(serve_command, ["--engine", str(tmp_path), *args])
@@ -145,17 +152,15 @@ def test_serve_config_and_the_pipeline_refuse_nonsense():
 
 def test_json_lines_carry_time_level_logger_message_and_the_extra_fields():
     stream = io.StringIO()
-    handler = serve_logging.configure("json", stream=stream)
-    try:
+    with serve_logging.configured("json", stream=stream):
         logging.getLogger("mner.access").info('%s "%s %s" %d', "c", "GET", "/healthz", 200,
                                               extra={"method": "GET", "path": "/healthz", "status": 200, "duration_ms": 1.5})  # fmt: skip
-        logging.getLogger("uvicorn.error").warning("plain", extra={"color_message": "\x1b[1mplain\x1b[0m"})
+        # as uvicorn logs (not on its own logger: an in-process uvicorn of another test may have configured that)
+        logging.getLogger("mner.test").warning("plain", extra={"color_message": "\x1b[1mplain\x1b[0m"})
         try:
             raise RuntimeError("boom")
         except RuntimeError:
             logging.getLogger("mner.x").exception("failed")
-    finally:
-        logging.getLogger().removeHandler(handler)
     access, plain, failed = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert access["message"] == 'c "GET /healthz" 200' and access["level"] == "INFO" and access["logger"] == "mner.access"
     assert (access["method"], access["path"], access["status"], access["duration_ms"]) == ("GET", "/healthz", 200, 1.5)
@@ -166,14 +171,16 @@ def test_json_lines_carry_time_level_logger_message_and_the_extra_fields():
 
 def test_text_lines_and_an_unknown_format():
     stream = io.StringIO()
-    handler = serve_logging.configure("text", stream=stream)
-    try:
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    with serve_logging.configured("text", level=logging.DEBUG, stream=stream) as handler:
+        assert root.handlers == [handler] and root.level == logging.DEBUG
         logging.getLogger("mner.x").info("hello")
-    finally:
-        logging.getLogger().removeHandler(handler)
     assert stream.getvalue().rstrip().endswith("INFO mner.x: hello")
+    assert (root.handlers, root.level) == before  # as it was
     with pytest.raises(ValueError, match="log_format must be one of"):
-        serve_logging.configure("xml")
+        with serve_logging.configured("xml"):
+            pass
 
 
 # --------------------------------------------------------------------------- warm-up is not an error
