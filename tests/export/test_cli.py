@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from mner.export.bundle import verify_bundle
 from mner.export.cli import export_command
 
-# What --help must not wait for: each takes from a second (onnx) to several (torch) to import.
-HEAVY = ("torch", "torchvision", "transformers", "onnx", "onnxruntime", "onnxscript", "tensorrt")
+# What --help must not wait for: from a tenth of a second (numpy) to several seconds (torch) each.
+HEAVY = ("torch", "torchvision", "transformers", "onnx", "onnxruntime", "onnxscript", "tensorrt", "cv2", "numpy")
 
 
 def invoke(*args):
