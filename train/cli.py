@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from mner.runtime import clikit
+from mner.runtime.extras import require_extra
 from mner.train.config import AUGMENTATION_MODES, DEFAULT_PRESET, FUSION_MODES, PRESETS, SPLITS, TRAINING_DEFAULTS
 
 # Where each of our top-level modules sits in the reference (IIE4MNER my_bert/mner_modeling.py, MSCMT).
@@ -149,6 +150,7 @@ def train_command(describe: bool, verbose: bool, augmentation, fusion, no_aux_ta
     seconds) and redraws <output>/history.png.
     """
     _setup_logging(verbose)
+    require_extra("train")  # one line naming pip install 'mner[train]' in a slim install, not a traceback
     overrides = _model_overrides(augmentation, fusion, no_aux_task, char_cnn)
     if describe:
         click.echo(describe_model(options["preset"], overrides))
@@ -217,6 +219,7 @@ def eval_command(checkpoint_path, data_path, split, images_dir, resnet_weights, 
                  device, threads, decoding, as_json, progress, verbose) -> None:  # fmt: skip
     """Entity-level P/R/F1 (micro and per type) of a checkpoint on TWITTER-format data."""
     _setup_logging(verbose)
+    require_extra("train")  # one line naming pip install 'mner[train]' in a slim install, not a traceback
     from mner.runtime.conll import data_file
     from mner.train.metrics import format_report
     from mner.train.trainer import evaluate_checkpoint
@@ -260,6 +263,7 @@ def eval_command(checkpoint_path, data_path, split, images_dir, resnet_weights, 
 def convert_command(weights, bert, aug_table, word_vocab, vocab_from_data, labels, out, verbose) -> None:
     """Import an IIE4MNER (MSCMT) checkpoint into a self-contained best.pt, reporting every unmapped key."""
     _setup_logging(verbose)
+    require_extra("train")  # one line naming pip install 'mner[train]' in a slim install, not a traceback
     from mner.train.convert import convert_reference_checkpoint
 
     if bool(word_vocab) == bool(vocab_from_data):
