@@ -44,7 +44,8 @@ FROM_CHECKPOINT = "[default: from the checkpoint: {}]"
                help="torchvision RetinaNet-ResNet50-FPN-v2 COCO state_dict file. [default: seeded random weights]")
 @clikit.option("--seed", type=int, help="Seed of random vision/detector weights and of the parity inputs, so "
                "random encoders match what training saw. " + FROM_CHECKPOINT.format("its training seed"))
-@clikit.option("--vision-arch", type=click.Choice(["resnet152", "resnet101", "resnet50"]),
+@clikit.option("--grid-arch", "vision_arch", hidden_aliases=("--vision-arch",),
+               type=click.Choice(["resnet152", "resnet101", "resnet50"]),
                help="Grid encoder. " + FROM_CHECKPOINT.format("the one it was trained with; the paper's: resnet152"))
 @clikit.option("--detector-size", type=int, help="Detector input side, a multiple of 128. "
                + FROM_CHECKPOINT.format("the one it was trained with, 512 unless set"))
