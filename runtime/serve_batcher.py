@@ -218,7 +218,8 @@ class Batcher:
             if self.warmup_posts:
                 started = time.perf_counter()
                 self.pipeline.tag(self.warmup_posts)
-                logger.info("ready: warm-up took %.2f s (%d posts)", time.perf_counter() - started, len(self.warmup_posts))
+                logger.info("ready: warm-up took %.2f s (%d post%s)", time.perf_counter() - started, len(self.warmup_posts),
+                            "" if len(self.warmup_posts) == 1 else "s")  # fmt: skip
             self.ready.set()
         except Exception as error:  # noqa: BLE001 -- reported on /readyz; requests still get the pipeline's answer
             self.failed = f"warm-up failed: {error}"
