@@ -196,8 +196,8 @@ def markdown(report: Mapping[str, Any], notes: str | None = None) -> str:
     lines += [
         "## Latency and throughput",
         "",
-        "Latency: wall ms of one batch, over the timed batches. Posts/s: all posts over all timed seconds; "
-        "per batch: each batch's own posts/s (a last, smaller batch of a pass counts as it ran).",
+        "Latency: wall ms of one batch; it, the step times and each batch's own posts/s are over the timed batches "
+        "of the full size (a pass's last, smaller batch is left out of them). Posts/s: all posts over all timed seconds.",
         "",
         "| backend | batch | batches timed | p10 ms | p50 ms | p90 ms | p99 ms | max ms | posts/s | per batch p10\N{EN DASH}p90 "
         "posts/s | tagger posts/s |",

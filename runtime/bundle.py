@@ -455,10 +455,11 @@ class VerificationCache:
     that cannot be written is left as it was (the next open hashes again).
     """
 
-    def __init__(self, folder: Path, bundle: Path, files: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(self, folder: Path, bundle: Path) -> None:
+        """An empty cache for ``bundle`` in ``folder`` (``load`` reads what is saved there)."""
         self.bundle = bundle.resolve()
         self.file = folder / "verified" / (hashlib.sha256(str(self.bundle).encode()).hexdigest()[:32] + ".json")
-        self.files = files or {}
+        self.files: dict[str, dict[str, Any]] = {}  # file name in the bundle -> identity and sha256
         self.changed = False
 
     @classmethod

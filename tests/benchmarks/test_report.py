@@ -116,11 +116,15 @@ def test_summarise_run_records_the_spread_of_batches():
     run = {"batch_size": 2, "e2e_s": [0.1, 0.2, 0.4, 0.1], "posts": [2, 2, 1, 2],
            "steps_s": {step: [0.0] * 4 for step in bench.STEPS}, "errors": 0}  # fmt: skip
     summary = bench.summarise_run(run)
-    assert summary["latency_ms"]["min"] == pytest.approx(100) and summary["latency_ms"]["max"] == pytest.approx(400)
+    # The 1-post batch (a pass's remainder) is left out of latency and of the per-batch spread, not of throughput.
+    assert summary["batches"] == 4 and summary["latency_batches"] == 3
+    assert summary["latency_ms"]["min"] == pytest.approx(100) and summary["latency_ms"]["max"] == pytest.approx(200)
     assert summary["latency_ms"]["p10"] <= summary["latency_ms"]["p50"] <= summary["latency_ms"]["p90"]
     per_batch = summary["throughput_batches_posts_s"]
-    assert per_batch["min"] == pytest.approx(2.5) and per_batch["max"] == pytest.approx(20)  # 1 post in 0.4 s; 2 in 0.1 s
+    assert per_batch["min"] == pytest.approx(10) and per_batch["max"] == pytest.approx(20)  # 2 posts in 0.2 s; in 0.1 s
     assert summary["throughput_posts_s"] == pytest.approx(7 / 0.8)
+    alone = bench.summarise_run({**run, "batch_size": 8})  # no full batch at all: every batch counts
+    assert alone["latency_batches"] == 4 and alone["latency_ms"]["max"] == pytest.approx(400)
 
 
 def test_replot_redraws_a_committed_report(tmp_path):
