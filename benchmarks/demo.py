@@ -1,6 +1,6 @@
 """The README's first command: the whole chain on the built-in sample, end to end.
 
-    python -m mner.benchmarks.demo [--out out/demo] [--epochs N]
+    python -m mner.benchmarks.demo [-o out/demo] [--epochs N]
 
 1. writes the sample corpus (tweet-like posts in TWITTER format, synthetic pictures);
 2. trains the ``tiny`` preset on it (CPU), pictures included;
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from mner.runtime import clikit
 
 logger = logging.getLogger("mner.demo")
 
@@ -150,11 +152,12 @@ def run_demo(
     return {"metrics": metrics, "timings": timings, "results": records, "bench": report}
 
 
-@click.command()
-@click.option("--out", "out_dir", default="out/demo", show_default=True, type=click.Path(file_okay=False))
-@click.option("--epochs", default=15, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--show", default=5, show_default=True, type=int, help="How many tagged posts to print.")
+@clikit.command()
+@clikit.option("-o", "--output", "out_dir", hidden_aliases=("--out",), default="out/demo", type=click.Path(file_okay=False),
+               help="Where the corpus, checkpoint, bundle, tagged posts and bench report go (reused when present).")
+@clikit.option("--epochs", default=15, type=int, help="Training epochs of the tiny model.")
+@clikit.option("--seed", default=0, type=int, help="Seed of the sample corpus and of training.")
+@clikit.option("--show", default=5, type=int, help="How many tagged posts to print.")
 def main(out_dir: str, epochs: int, seed: int, show: int) -> None:
     """Run the demo chain on the built-in sample."""
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(message)s")
