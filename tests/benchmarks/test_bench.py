@@ -41,6 +41,12 @@ def exported(tmp_path_factory):
     return {"bundle": root / "bundle", "checkpoint": checkpoint, "corpus": corpus, "root": root}
 
 
+@pytest.fixture(autouse=True)
+def own_verification_cache(tmp_path, monkeypatch):
+    """Bundles verified here are remembered in the test's folder, not the user's cache (workers inherit it)."""
+    monkeypatch.setenv("MNER_CACHE_DIR", str(tmp_path / "verification-cache"))
+
+
 def workload(exported, limit=None):
     posts, _ = bench.load_workload(exported["corpus"] / "test.txt", exported["corpus"] / "images", limit, exported["root"])
     return posts
