@@ -1,11 +1,26 @@
 """Fixtures shared across test folders."""
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 RUNTIME_TESTS = Path(__file__).resolve().parent / "runtime"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_verification_cache(tmp_path_factory):
+    """The bundle verification cache (runtime/bundle.py, ``$MNER_CACHE_DIR``) in a folder of this session's, so
+    the suite's many temporary bundles are not remembered in the user's ~/.cache/mner. Tests that test the
+    cache itself set their own."""
+    before = os.environ.get("MNER_CACHE_DIR")
+    os.environ["MNER_CACHE_DIR"] = str(tmp_path_factory.mktemp("verification-cache"))
+    yield
+    if before is None:
+        os.environ.pop("MNER_CACHE_DIR", None)
+    else:
+        os.environ["MNER_CACHE_DIR"] = before
 
 
 @pytest.fixture(scope="session")

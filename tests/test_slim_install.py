@@ -9,8 +9,8 @@ How it installs, and why it is quick:
   elsewhere it falls back to pip's isolated build.
 * the venv is made without pip (``venv --without-pip``); this environment's pip installs into it
   (``pip --python``), with ``--no-compile`` (byte-compiling ~300 MB of packages is most of an install).
-* the dependencies come from a wheelhouse in the user's cache (``$MNER_CACHE_DIR``, ``$XDG_CACHE_HOME/mner``
-  or ``~/.cache/mner``, then ``test-wheels``), installed with ``--no-index``. pip's own HTTP cache cannot
+* the dependencies come from a wheelhouse in the user's cache (``$MNER_TEST_WHEELHOUSE``, else
+  ``$XDG_CACHE_HOME/mner/test-wheels`` or ``~/.cache/mner/test-wheels``), installed with ``--no-index``. pip's own HTTP cache cannot
   be relied on: a registry proxy that sends no caching headers leaves it empty. When the wheelhouse lacks
   something (the first run, a raised floor in pyproject.toml), ``pip download`` fills it from the
   configured indexes and the install is retried -- pip still resolves the dependencies from the wheel's
@@ -46,10 +46,12 @@ TRAIN_ONLY = {"mner-train": "train", "mner-eval": "train", "mner-convert": "trai
 
 
 def wheelhouse() -> Path:
-    """Where the slim install's dependency wheels are kept between runs: beside the bundle cache (runtime/bundle.py)."""
-    if os.environ.get("MNER_CACHE_DIR"):
-        root = Path(os.environ["MNER_CACHE_DIR"])
-    elif os.environ.get("XDG_CACHE_HOME"):
+    """Where the slim install's dependency wheels are kept between runs: ``$MNER_TEST_WHEELHOUSE``, else the user's
+    cache folder's ``mner/test-wheels``. Not ``$MNER_CACHE_DIR``: tests/conftest.py points that (the bundle
+    verification cache) at a temporary folder for the session, and the wheels must outlive it."""
+    if os.environ.get("MNER_TEST_WHEELHOUSE"):
+        return Path(os.environ["MNER_TEST_WHEELHOUSE"])
+    if os.environ.get("XDG_CACHE_HOME"):
         root = Path(os.environ["XDG_CACHE_HOME"]) / "mner"
     else:
         root = Path.home() / ".cache" / "mner"
