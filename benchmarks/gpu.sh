@@ -63,6 +63,6 @@ run() {
 }
 echo "gpu.sh: backends $BACKENDS; work directory $WORK; report to $OUT"
 run "$PY" -m mner.export.random_checkpoint --preset paper --out "$WORK/best.pt" --words-from "$DATA/train.txt"
-run "$PY" -m mner.export.cli --ckpt "$WORK/best.pt" --out "$WORK/bundle" "${EXPORT_FLAGS[@]}" --overwrite
+run "$PY" -m mner.export.cli --checkpoint "$WORK/best.pt" -o "$WORK/bundle" "${EXPORT_FLAGS[@]}" --overwrite
 run "$PY" -m mner.benchmarks.cli --engine "$WORK/bundle" --checkpoint "$WORK/best.pt" --device cuda \
-    --backends "$BACKENDS" --batch-sizes 1,8,32 --data "$DATA/test.txt" --out "$OUT"
+    --backends "$BACKENDS" --batch-size 1,8,32 --data "$DATA" -o "$OUT"
