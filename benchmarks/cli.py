@@ -17,6 +17,7 @@ import click
 
 from mner.benchmarks.backends import BACKENDS
 from mner.runtime import clikit
+from mner.runtime.extras import require_extra
 
 # runtime.conll.SPLIT_FILES's keys, written out: conll imports numpy, which --help must not wait for
 # (tests/benchmarks/test_bench.py checks that they are the same).
@@ -108,6 +109,8 @@ def bench_command(out_dir: Path, notes: Path | None, no_verify: bool, **options)
     Writes report.json, report.md, latency_steps.png and throughput.png under --output.
     Re-draw a report's plots from its report.json with `python -m mner.benchmarks.report --replot DIR`.
     """
+    # the reference backends, the plots and pytorch-crf: one line naming pip install 'mner[bench]' where missing
+    require_extra("bench")
     from mner.benchmarks.bench import run_bench  # noqa: PLC0415
     from mner.benchmarks.report import write_report  # noqa: PLC0415
 

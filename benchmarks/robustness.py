@@ -539,10 +539,11 @@ from mner.runtime.cli import tag_command
 import click
 code = 0
 try:
-    tag_command.main(sys.argv[2:], standalone_mode=False)
+    # standalone_mode=False returns the command's exit status (3: finished with error records) instead of exiting
+    code = tag_command.main(sys.argv[2:], standalone_mode=False) or 0
 except click.ClickException as error:
     error.show()
-    code = 1
+    code = error.exit_code
 finally:
     with open(log_path + ".tmp", "w") as f:
         json.dump(opened, f)

@@ -270,18 +270,7 @@ def minimal_arguments(name: str, tmp_path: Path, bundle: Path) -> list[str]:
     }[name]
 
 
-COMMAND_MODULES = {"mner-train": "train/cli.py", "mner-eval": "train/cli.py", "mner-convert": "train/cli.py",
-                   "mner-export": "export/cli.py", "mner-bench": "benchmarks/cli.py"}  # fmt: skip
-
-
-def _wired(name: str) -> bool:
-    return "require_extra" in (REPO / COMMAND_MODULES[name]).read_text()
-
-
-@pytest.mark.parametrize("name", [
-    name if _wired(name) else pytest.param(name, marks=pytest.mark.xfail(
-        strict=True, reason=f"{COMMAND_MODULES[name]} does not call mner.runtime.extras.require_extra yet"))
-    for name in sorted(TRAIN_ONLY)])  # fmt: skip
+@pytest.mark.parametrize("name", sorted(TRAIN_ONLY))
 def test_train_only_commands_name_their_extra_in_one_line(slim, bundle, name, tmp_path):
     result = slim.run([slim.script(name), *minimal_arguments(name, tmp_path, bundle)], timeout=60)
     extra = TRAIN_ONLY[name]
