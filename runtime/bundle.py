@@ -313,6 +313,16 @@ class Bundle:
 # --------------------------------------------------------------------------- reading
 
 
+def manifest_sha256(bundle: str | os.PathLike) -> str:
+    """The sha256 of ``bundle``/manifest.json, which lists the size and sha256 of every file: what names a
+    bundle's whole content (mner-tag's output sidecar, mner-serve's start-up line and info metric)."""
+    path = Path(bundle) / MANIFEST_NAME
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as error:
+        raise BundleError(f"cannot read {path} to identify the bundle: {error.strerror or error}") from None
+
+
 def read_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
     """manifest.json with its format and version checked (files are not looked at)."""
     path = Path(bundle) / MANIFEST_NAME

@@ -142,7 +142,8 @@ def tag_command(bundle, input_path, conll_path, output, images, backend, device,
     to_stdout = str(output) == STDIO
     from mner.runtime.conll import format_report  # noqa: PLC0415 -- the pipeline's imports wait until a run
     from mner.runtime.pipeline import Pipeline  # noqa: PLC0415
-    from mner.runtime.tagfile import OutputClosed, Provenance, bundle_sha256, tag_conll, tag_jsonl  # noqa: PLC0415
+    from mner.runtime.bundle import manifest_sha256  # noqa: PLC0415
+    from mner.runtime.tagfile import OutputClosed, Provenance, tag_conll, tag_jsonl  # noqa: PLC0415
 
     sink = click.open_file(STDIO, "wb") if to_stdout else output
     try:
@@ -162,7 +163,7 @@ def tag_command(bundle, input_path, conll_path, output, images, backend, device,
                 details = {"device": device or "cpu", "batch_size": batch_size, "mner_version": _version(),
                            "input": str(input_path or conll_path), "images": None if images is None else str(images),
                            "started": _now()}  # fmt: skip
-                provenance = Provenance(bundle_sha256(bundle), options, os.path.abspath(bundle), details)
+                provenance = Provenance(manifest_sha256(bundle), options, os.path.abspath(bundle), details)
             common = {"images": images, "progress": progress, "max_text_chars": max_text_chars, "with_text": with_text,
                       "provenance": provenance}  # fmt: skip
             if input_path is not None:

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -68,6 +67,7 @@ from python_multipart.multipart import MultipartParser, MultipartState, parse_op
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mner.runtime import jsonlimits, serve_api
+from mner.runtime.bundle import manifest_sha256
 from mner.runtime.image import ImageError, read_header
 from mner.runtime.pipeline import TAGGING_FAILED, Pipeline, Post, TagResult
 from mner.runtime.serve_batcher import Batcher, Metrics, QueueFull, ServeConfig  # noqa: F401 -- ServeConfig is part of this API
@@ -132,7 +132,7 @@ class BundleInfo:
            stages: tuple[str, ...] = ()) -> BundleInfo:  # fmt: skip
         """For the bundle at ``path`` (read: its manifest.json, a few kilobytes)."""
         path = Path(path)
-        sha = hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()
+        sha = manifest_sha256(path)
         return cls(str(path), sha, backend, device or ("cuda" if backend == "trt" else "cpu"),
                    "fp16" if backend == "trt" else precision, verified, tuple(stages))  # fmt: skip
 

@@ -62,7 +62,6 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -140,7 +139,7 @@ class TagSummary:
 class Provenance:
     """What writes an output file: the bundle and the options that change its records.
 
-    ``bundle_sha256`` is the sha256 of the bundle's manifest.json (``bundle_sha256()``), which
+    ``bundle_sha256`` is the sha256 of the bundle's manifest.json (``bundle.manifest_sha256()``), which
     lists the size and sha256 of every file of the bundle: it names the model, the tokenizer,
     the splitter and the decoding settings together. ``options`` are compared on resume
     (backend, precision, on_bad_image, with_text, the limits that make error records, the
@@ -157,15 +156,6 @@ class Provenance:
         return {"format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION,
                 "bundle": {"sha256": self.bundle_sha256, "path": self.bundle_path},
                 "options": dict(self.options), "details": dict(self.details)}  # fmt: skip
-
-
-def bundle_sha256(bundle: str | os.PathLike) -> str:
-    """The sha256 of ``bundle``/manifest.json: what identifies a bundle in an output's sidecar."""
-    path = Path(bundle) / "manifest.json"
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError as error:
-        raise ValueError(f"cannot read {path} to identify the bundle: {_os_error(error)}") from None
 
 
 def sidecar_path(output: str | os.PathLike) -> Path:

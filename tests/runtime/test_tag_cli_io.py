@@ -22,8 +22,9 @@ from test_tag_cli import StubBundlePipeline, StubPipeline, write_lines
 import mner.runtime
 from mner.runtime import cli, tagfile
 from mner.runtime.cli import EXIT_ERROR_RECORDS, EXIT_FAILED, EXIT_OK, EXIT_USAGE, tag_command
+from mner.runtime.bundle import manifest_sha256
 from mner.runtime.pipeline import Pipeline
-from mner.runtime.tagfile import OutputClosed, OutputError, Provenance, bundle_sha256, sidecar_path, tag_jsonl
+from mner.runtime.tagfile import OutputClosed, OutputError, Provenance, sidecar_path, tag_jsonl
 
 POSTS = [
     {"id": "p1", "text": "Kawhi Leonard visits Toronto with the Raptors"},
@@ -171,11 +172,11 @@ def test_an_unwritable_sidecar_is_one_clear_error(tmp_path, monkeypatch):
     assert tag_jsonl(StubPipeline(), source, output, progress=False, provenance=provenance()).tagged == 3
 
 
-def test_bundle_sha256_is_the_manifests_and_a_missing_manifest_is_refused(tmp_path):
+def test_the_bundle_sha256_is_the_manifests_and_a_missing_manifest_is_refused(tmp_path):
     (tmp_path / "manifest.json").write_bytes(b'{"format": "x"}')
-    assert bundle_sha256(tmp_path) == hashlib.sha256(b'{"format": "x"}').hexdigest()
+    assert manifest_sha256(tmp_path) == hashlib.sha256(b'{"format": "x"}').hexdigest()
     with pytest.raises(ValueError, match=r"cannot read .*absent/manifest.json to identify the bundle"):
-        bundle_sha256(tmp_path / "absent")
+        manifest_sha256(tmp_path / "absent")
 
 
 # --------------------------------------------------------------------------- streams, on a stub pipeline
