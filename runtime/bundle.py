@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -36,6 +35,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from mner.runtime.decode import CRFParameters
+from mner.runtime.files import write_atomically
 from mner.runtime.image import preprocessing_constants
 from mner.runtime.splitters import SPLITTERS
 from mner.runtime.tags import TagScheme
@@ -508,18 +508,11 @@ class VerificationCache:
             self.files = {name: entry for name, entry in self.files.items() if name in listed}
         if not self.changed:
             return
-        text = json.dumps({"format": CACHE_FORMAT, "bundle": str(self.bundle), "files": self.files}, indent=1)
+        data = json.dumps({"format": CACHE_FORMAT, "bundle": str(self.bundle), "files": self.files}, indent=1).encode()
         try:
-            self.file.parent.mkdir(parents=True, exist_ok=True)
-            # A name that the "*.json" sweep below never matches: another process may be mid-write.
-            descriptor, temporary = tempfile.mkstemp(dir=self.file.parent, prefix=f".{self.file.stem}.", suffix=".tmp")
-            try:
-                with os.fdopen(descriptor, "w", encoding="utf-8") as f:
-                    f.write(text)
-                os.replace(temporary, self.file)
-            except BaseException:
-                os.unlink(temporary)
-                raise
+            # its temporary file ends in .tmp, which the "*.json" sweep below never matches: another process
+            # may be mid-write
+            write_atomically(self.file, lambda f: f.write(data))
         except OSError as error:  # read-only home, full disk, no permission: hash again next time
             logger.debug("bundle verification cache %s not written: %s", self.file, error)
             return

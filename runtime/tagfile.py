@@ -66,17 +66,17 @@ import json
 import logging
 import os
 import re
-import secrets
 import stat
 import time
 from collections import Counter
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterator, Mapping
 
 from mner.runtime import jsonlimits
 from mner.runtime.conll import check_entity_types, evaluate_entities, read_conll
+from mner.runtime.files import write_atomically
 from mner.runtime.image import ImageError, read_header
 from mner.runtime.pipeline import TAGGING_FAILED, Pipeline, Post, TagResult
 from mner.runtime.progress import progress as progress_bar
@@ -401,27 +401,14 @@ def _option_name(name: str) -> str:
 
 
 def _write_sidecar(output: Path, provenance: Provenance) -> None:
-    """``<output>.meta.json`` written whole or not at all: a temporary file in the same folder, fsynced,
-    renamed over the old one (a reader never sees half a sidecar, a kill leaves the old one or none)."""
+    """``<output>.meta.json`` written whole or not at all, fsynced, with the mode the umask gives (a reader never
+    sees half a sidecar, a kill leaves the old one or none)."""
     path = sidecar_path(output)
     data = (json.dumps(provenance.to_json(), indent=2, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
-    temporary = None
     try:
-        # not mkstemp: its 0600 would make the sidecar private beside an output the umask left readable
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-        temporary = None
+        write_atomically(path, lambda f: f.write(data), fsync=True)
     except OSError as error:
         raise OutputError(f"cannot write {path} (which bundle and options wrote --output): {_os_error(error)}") from None
-    finally:
-        if temporary is not None:
-            with suppress(OSError):
-                os.unlink(temporary)
 
 
 # --------------------------------------------------------------------------- the loop

@@ -23,7 +23,7 @@ from mner.runtime.bundle import LEGACY_SPLITTER
 from mner.runtime.decode import CRFParameters
 from mner.runtime.tags import TagScheme
 from mner.runtime.text import TextEncoder
-from mner.train.files import write_atomically
+from mner.runtime.files import write_atomically
 from mner.train.model import MGCMT, ModelConfig
 
 CHECKPOINT_FORMAT = "mner-checkpoint"

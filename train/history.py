@@ -24,7 +24,7 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable
 
-from mner.train.files import write_atomically
+from mner.runtime.files import write_atomically
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from mner.train.chars import build_char_vocab, char_ids
 from mner.train.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from mner.train.config import DEFAULT_PRESET, SPLITS, TRAINING_DEFAULTS, TrainingDefaults  # noqa: F401 (re-exported)
 from mner.train.data import Post, check_entity_types, read_conll, sha256_file
-from mner.train.files import write_atomically
+from mner.runtime.files import write_atomically
 from mner.train.history import HISTORY_JSONL, HISTORY_PNG, append_history, plot_history, write_history
 from mner.train.metrics import evaluate_entities, evaluate_reference
 from mner.train.model import MGCMT, ModelConfig
