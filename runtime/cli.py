@@ -33,14 +33,15 @@ from pathlib import Path
 import click
 
 from mner.runtime import clikit
+from mner.runtime.serve_limits import ServeConfig
 
 # The library's values, written out so that --help needs no pipeline import (tests/runtime/test_tag_cli_io.py
 # checks that they equal pipeline.BAD_IMAGE_POLICIES / DEFAULT_BATCH_SIZE, runners.BACKENDS and tagfile's limits).
 BACKENDS = ("ort", "trt", "torch")
 BAD_IMAGE_POLICIES = ("error", "text-only")
 DEFAULT_BATCH_SIZE = 16
-MAX_TEXT_CHARS = 10_000
-MAX_LINE_BYTES = 16 << 20
+MAX_TEXT_CHARS = ServeConfig.max_text_chars  # mner-serve's limits (serve_limits imports the standard library only)
+MAX_LINE_BYTES = ServeConfig.max_body_bytes
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # click.ClickException's status

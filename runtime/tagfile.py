@@ -80,14 +80,15 @@ from mner.runtime.files import write_atomically
 from mner.runtime.image import ImageError, read_header
 from mner.runtime.pipeline import TAGGING_FAILED, Pipeline, Post, TagResult
 from mner.runtime.progress import progress as progress_bar
+from mner.runtime.serve_limits import ServeConfig
 
 logger = logging.getLogger(__name__)
 
 MAX_IMAGE_BYTES = 64 << 20  # a picture file or payload larger than this is refused before decoding
 # mner-serve's limits (ServeConfig.max_text_chars and .max_body_bytes; a test keeps them equal), written out
 # here so that mner-tag does not import the server's batcher and its metrics library.
-MAX_TEXT_CHARS = 10_000  # what mner-serve accepts; longer posts are windowed, not truncated
-MAX_LINE_BYTES = 16 << 20  # one input line is at most what mner-serve accepts as one body
+MAX_TEXT_CHARS = ServeConfig.max_text_chars  # what mner-serve accepts; longer posts are windowed, not truncated
+MAX_LINE_BYTES = ServeConfig.max_body_bytes  # one input line is at most what mner-serve accepts as one body
 SIDECAR_SUFFIX = ".meta.json"  # out.jsonl -> out.jsonl.meta.json: which bundle and options wrote out.jsonl
 SIDECAR_FORMAT = "mner-tag-output"
 SIDECAR_VERSION = 1
