@@ -19,9 +19,7 @@ from mner.benchmarks.backends import BACKENDS
 from mner.runtime import clikit
 from mner.runtime.extras import require_extra
 
-# runtime.conll.SPLIT_FILES's keys, written out: conll imports numpy, which --help must not wait for
-# (tests/benchmarks/test_bench.py checks that they are the same).
-SPLITS = ("train", "valid", "test")
+SPLITS = clikit.SPLITS  # the keys of mner.runtime.conll.SPLIT_FILES (a test checks they agree)
 
 
 def _csv(kind: type):

@@ -14,9 +14,7 @@ import click
 from mner.export.stage_choice import STAGE_NAMES
 from mner.runtime import clikit, extras
 
-# The keys of mner.runtime.conll.SPLIT_FILES (a test checks they agree): that module imports
-# numpy, a quarter of a second this command's --help need not spend.
-SPLITS = ("train", "valid", "test")
+SPLITS = clikit.SPLITS  # the keys of mner.runtime.conll.SPLIT_FILES (a test checks they agree)
 # What the export imports from mner[train] (looked up, not imported, before the command runs).
 EXPORT_MODULES = ("torch", "torchvision", "transformers", "onnx", "onnxscript")
 FROM_CHECKPOINT = "[default: from the checkpoint: {}]"

@@ -19,6 +19,10 @@ from typing import Any
 
 import click
 
+# The files of a --data folder, for --split (runtime.conll.SPLIT_FILES maps them to file names; spelled out here
+# because conll imports numpy and the tokenizer, which --help must not wait for).
+SPLITS = ("train", "valid", "test")
+
 # -h as well as --help, and every default in the help text unless an option says otherwise.
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "show_default": True}
 

@@ -12,12 +12,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mner.runtime import clikit
+
 if TYPE_CHECKING:
     from transformers import BertConfig
 
-# The files of a TWITTER-format data folder, as runtime.conll.SPLIT_FILES names them (kept here too
-# because importing runtime.conll pulls numpy and tokenizers into --help; a test checks they agree).
-SPLITS = ("train", "valid", "test")
+SPLITS = clikit.SPLITS  # train.txt, valid.txt, test.txt of a --data folder (runtime.conll.SPLIT_FILES' keys)
 
 AUGMENTATION_MODES = ("add", "gate", "none")
 FUSION_MODES = ("gate_cat", "objects_only", "image_only")
