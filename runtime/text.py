@@ -24,8 +24,10 @@ keeps, so it is not one of them.)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,8 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from mner.runtime.tags import CLS, CONTINUATION, SEP, Role, TagScheme
+
+logger = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 AUG_ZERO_ROW = 0  # [CLS], [SEP], continuation pieces and padding: a zero vector
@@ -62,22 +66,45 @@ def split_words(text: str) -> list[Word]:
     return [Word(m.group(), m.start(), m.end()) for m in _NON_SPACE.finditer(text)]
 
 
-def bert_tokenizer(vocab: Mapping[str, int]) -> Tokenizer:
-    """A cased BERT WordPiece tokenizer (no lowercasing, no accent stripping) over `vocab`.
+def bert_tokenizer(
+    vocab: Mapping[str, int],
+    *,
+    lowercase: bool = False,
+    strip_accents: bool | None = False,
+    chinese_chars: bool = True,
+    special_tokens: SpecialTokens | None = None,
+) -> Tokenizer:
+    """A BERT WordPiece tokenizer over `vocab`; cased (no lowercasing, no accent stripping) unless asked.
 
-    The special tokens are plain vocabulary entries, not "added tokens": a post that
-    contains the text "[SEP]" gets word-pieces for it, never a separator.
+    `lowercase`, `strip_accents` (None: strip when lowercasing, BERT's rule) and
+    `chinese_chars` are a BERT directory's do_lower_case, strip_accents and
+    tokenize_chinese_chars. The special tokens are plain vocabulary entries, not "added
+    tokens": a post that contains the text "[SEP]" gets word-pieces for it, never a separator.
     """
-    missing = [token for token in SPECIAL_TOKENS[:4] if token not in vocab]
+    special_tokens = special_tokens or SpecialTokens()
+    missing = [token for token in special_tokens.names() if token not in vocab]
     if missing:
-        raise ValueError(f"a BERT vocabulary needs the special tokens {SPECIAL_TOKENS[:4]}, missing {missing}")
-    tokenizer = Tokenizer(models.WordPiece(dict(vocab), unk_token="[UNK]", max_input_chars_per_word=100))
+        raise ValueError(f"a BERT vocabulary needs its special tokens {special_tokens.names()}, missing {missing}")
+    tokenizer = Tokenizer(models.WordPiece(dict(vocab), unk_token=special_tokens.unk, max_input_chars_per_word=100))
     tokenizer.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False
+        clean_text=True, handle_chinese_chars=chinese_chars, strip_accents=strip_accents, lowercase=lowercase
     )
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece(prefix="##")
     return tokenizer
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The texts of a vocabulary's padding, unknown, sequence-start and separator pieces."""
+
+    pad: str = "[PAD]"
+    unk: str = "[UNK]"
+    cls: str = "[CLS]"
+    sep: str = "[SEP]"
+
+    def names(self) -> tuple[str, str, str, str]:
+        return (self.pad, self.unk, self.cls, self.sep)
 
 
 @dataclass(frozen=True)
@@ -98,10 +125,17 @@ class EncodedText:
 class TextEncoder:
     """Words -> word-piece ids, roles and augmentation rows, for the tagger."""
 
-    def __init__(self, tokenizer: Tokenizer, aug_vocab: Mapping[str, int], max_length: int = DEFAULT_MAX_LENGTH):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        aug_vocab: Mapping[str, int],
+        max_length: int = DEFAULT_MAX_LENGTH,
+        special_tokens: SpecialTokens | None = None,
+    ):
         if max_length < 3:
             raise ValueError(f"max_length counts [CLS] and [SEP] and must leave room for a word (>= 3), got {max_length}")
-        special_ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS[:4]}
+        self.special_tokens = special_tokens or SpecialTokens()
+        special_ids = {token: tokenizer.token_to_id(token) for token in self.special_tokens.names()}
         missing = [token for token, i in special_ids.items() if i is None]
         if missing:
             raise ValueError(f"the tokenizer lacks the special tokens {missing}")
@@ -115,7 +149,7 @@ class TextEncoder:
         self.tokenizer.no_padding()
         self.aug_vocab = dict(aug_vocab)
         self.max_length = max_length
-        self.pad_id, self.unk_id, self.cls_id, self.sep_id = (special_ids[t] for t in SPECIAL_TOKENS[:4])
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id = (special_ids[t] for t in self.special_tokens.names())
 
     def aug_row(self, word: str) -> int:
         """The word's augmentation-table row: the word itself, else its lowercase, else the unknown row."""
@@ -123,6 +157,15 @@ class TextEncoder:
         if row is None:
             row = self.aug_vocab.get(word.lower(), AUG_UNKNOWN_ROW)
         return row
+
+    def cleaning_empties(self, word: str) -> bool:
+        """True when this tokenizer's normalizer and pre-tokenizer leave nothing of `word`.
+
+        An uncased tokenizer also strips accents, so a word of combining marks alone is
+        emptied too; such a word is encoded as [UNK] (see the module docstring).
+        """
+        normalized = self.tokenizer.normalizer.normalize_str(word)
+        return not self.tokenizer.pre_tokenizer.pre_tokenize_str(normalized)
 
     def encode(self, words: Sequence[str]) -> EncodedText:
         """Encode one post's words (truncated to max_length pieces like the reference)."""
@@ -198,7 +241,11 @@ class TextEncoder:
         directory.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save(str(directory / "tokenizer.json"))
         (directory / "aug_vocab.json").write_text(json.dumps(self.aug_vocab, ensure_ascii=False), encoding="utf-8")
-        settings = {"format_version": ENCODER_FORMAT_VERSION, "max_length": self.max_length}
+        settings = {
+            "format_version": ENCODER_FORMAT_VERSION,
+            "max_length": self.max_length,
+            "special_tokens": dataclasses.asdict(self.special_tokens),
+        }
         (directory / "text_encoder.json").write_text(json.dumps(settings), encoding="utf-8")
 
     @classmethod
@@ -216,27 +263,125 @@ class TextEncoder:
             )
         tokenizer = Tokenizer.from_file(str(files[0]))
         aug_vocab = json.loads(files[1].read_text(encoding="utf-8"))
-        return cls(tokenizer, aug_vocab, max_length=settings["max_length"])
+        # Files written before special_tokens was recorded used BERT's usual names.
+        special = settings.get("special_tokens") or {}
+        unknown = sorted(set(special) - {f.name for f in dataclasses.fields(SpecialTokens)})
+        if unknown:
+            raise ValueError(f"{files[2]}: unknown special_tokens fields {unknown}")
+        return cls(tokenizer, aug_vocab, max_length=settings["max_length"], special_tokens=SpecialTokens(**special))
 
     @classmethod
     def from_bert_dir(
         cls, path: str | Path, aug_vocab: Mapping[str, int] | None = None, max_length: int = DEFAULT_MAX_LENGTH
     ) -> TextEncoder:
-        """A cased encoder over a local BERT directory's vocab.txt (nothing is fetched)."""
+        """An encoder over a local BERT directory's vocabulary, tokenising as that directory says.
+
+        Lower-casing, accent stripping, Chinese-character splitting and the special tokens'
+        names come from the directory (``bert_dir_settings``); nothing is fetched.
+        """
         path = Path(path)
-        vocab_file = path / "vocab.txt"
-        if not vocab_file.is_file():
-            raise ValueError(f"{path} is not a BERT directory: {vocab_file} does not exist")
-        config_file = path / "tokenizer_config.json"
-        if config_file.is_file() and json.loads(config_file.read_text(encoding="utf-8")).get("do_lower_case"):
-            raise ValueError(f"{config_file} says do_lower_case: this encoder is cased and needs a cased BERT")
+        vocab = bert_dir_vocab(path)
+        settings = bert_dir_settings(path, vocab)
+        logger.info("tokenising as %s says: lowercase %s (from %s), strip_accents %s, Chinese characters split %s, "
+                    "special tokens %s", path, settings.lowercase, settings.source, settings.strip_accents,
+                    settings.chinese_chars, settings.special_tokens.names())  # fmt: skip
+        tokenizer = bert_tokenizer(
+            vocab,
+            lowercase=settings.lowercase,
+            strip_accents=settings.strip_accents,
+            chinese_chars=settings.chinese_chars,
+            special_tokens=settings.special_tokens,
+        )
+        return cls(tokenizer, aug_vocab or {}, max_length=max_length, special_tokens=settings.special_tokens)
+
+
+@dataclass(frozen=True)
+class BertDirSettings:
+    """How a BERT directory's tokenizer normalises text, and its special tokens' names."""
+
+    lowercase: bool
+    strip_accents: bool | None  # None: strip when lowercasing (BERT's rule)
+    chinese_chars: bool
+    special_tokens: SpecialTokens
+    source: str  # where `lowercase` came from, for the log and error messages
+
+
+def bert_dir_vocab(path: Path) -> dict[str, int]:
+    """{piece: id} of a BERT directory: its vocab.txt, else the WordPiece vocabulary in its tokenizer.json."""
+    vocab_file, tokenizer_file = path / "vocab.txt", path / "tokenizer.json"
+    if vocab_file.is_file():
         # A token's id is its line number, as BERT reads vocab.txt (a repeated line: the last
         # wins). Not splitlines(): vocabularies hold tokens such as "\x85" that it splits on.
         lines = vocab_file.read_text(encoding="utf-8").split("\n")
         if lines[-1] == "":
             lines.pop()
-        vocab = {line.rstrip("\r"): line_number for line_number, line in enumerate(lines)}
-        return cls(bert_tokenizer(vocab), aug_vocab or {}, max_length=max_length)
+        return {line.rstrip("\r"): line_number for line_number, line in enumerate(lines)}
+    if tokenizer_file.is_file():
+        model = _read_json(tokenizer_file).get("model") or {}
+        if model.get("type") != "WordPiece":
+            raise ValueError(f"{tokenizer_file}: a {model.get('type')!r} tokenizer; a BERT directory has a WordPiece one")
+        return dict(model["vocab"])
+    raise ValueError(f"{path} is not a BERT directory: it has neither vocab.txt nor tokenizer.json")
+
+
+def bert_dir_settings(path: Path, vocab: Mapping[str, int]) -> BertDirSettings:
+    """The directory's tokenizer settings, read as transformers reads them.
+
+    tokenizer_config.json decides (transformers' BertTokenizerFast applies its do_lower_case,
+    strip_accents and tokenize_chinese_chars over tokenizer.json's normalizer); without it,
+    tokenizer.json's BertNormalizer; without either (Google's original checkpoints: vocab.txt
+    and bert_config.json), the vocabulary itself: one that holds upper-case pieces is cased.
+    (transformers would lower-case such a directory whatever its vocabulary, which breaks a
+    cased model, so here the vocabulary is asked instead.)
+    """
+    config_file, tokenizer_file, map_file = (path / n for n in ("tokenizer_config.json", "tokenizer.json",
+                                                                   "special_tokens_map.json"))  # fmt: skip
+    config = _read_json(config_file) if config_file.is_file() else {}
+    tokenizer_class = config.get("tokenizer_class")
+    if tokenizer_class and not tokenizer_class.startswith(("BertTokenizer", "DistilBertTokenizer", "ElectraTokenizer")):
+        raise ValueError(f"{config_file}: tokenizer_class {tokenizer_class!r}; --bert needs a WordPiece BERT directory")
+    normalizer = (_read_json(tokenizer_file).get("normalizer") or {}) if tokenizer_file.is_file() else {}
+    if normalizer and normalizer.get("type") != "BertNormalizer":
+        normalizer = {}  # not BERT's normaliser: transformers rebuilds it from the config's settings
+
+    if "do_lower_case" in config:
+        lowercase, source = bool(config["do_lower_case"]), f"{config_file.name} do_lower_case"
+    elif "lowercase" in normalizer:
+        lowercase, source = bool(normalizer["lowercase"]), f"{tokenizer_file.name} normalizer"
+    else:
+        # "[CLS]", "[unused0]" and the like are bracketed names, not text
+        lowercase = not any(piece != piece.lower() for piece in vocab if not (piece[:1] == "[" and piece[-1:] == "]"))
+        source = "vocab (no tokenizer settings; " + ("no upper-case pieces)" if lowercase else "upper-case pieces)")
+    strip_accents = config.get("strip_accents", normalizer.get("strip_accents"))
+    chinese_chars = config.get("tokenize_chinese_chars", normalizer.get("handle_chinese_chars", True))
+
+    names = _read_json(map_file) if map_file.is_file() else {}
+    special = {}
+    for field in ("pad", "unk", "cls", "sep"):
+        value = config.get(f"{field}_token", names.get(f"{field}_token"))
+        if isinstance(value, dict):  # transformers' AddedToken form
+            value = value.get("content")
+        if value is not None:
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{path}: {field}_token must be a non-empty string, got {value!r}")
+            special[field] = value
+    return BertDirSettings(
+        lowercase=lowercase,
+        strip_accents=None if strip_accents is None else bool(strip_accents),
+        chinese_chars=bool(chinese_chars),
+        special_tokens=SpecialTokens(**special),
+        source=source,
+    )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}")
+    return value
 
 
 def label_ids(encoded: EncodedText, word_tags: Sequence[str], scheme: TagScheme) -> tuple[np.ndarray, np.ndarray]:

@@ -65,16 +65,24 @@ def train_word2vec(
     return model.wv
 
 
-def load_word_vectors(path: str | Path) -> KeyedVectors:
+def load_word_vectors(path: str | Path, word_list: str | Path | None = None) -> KeyedVectors:
     """Load word vectors from any file gensim reads, telling the format from the content.
 
     gensim Word2Vec/FastText/KeyedVectors saves (pickles: load only files you trust),
     word2vec text or binary (header "count dim"), GloVe text (no header) and fastText
-    .bin. Raises ValueError naming the file when none of these reads it.
+    .bin; or a NumPy ``.npy`` matrix (N, dim) whose N words are in `word_list`
+    (``load_matrix_vectors``). Raises ValueError naming the file when none of these reads it.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"word-vector file {path} does not exist")
+    if path.suffix == ".npy" or word_list is not None:
+        if path.suffix != ".npy" or word_list is None:
+            raise ValueError(
+                f"word vectors {path}: a .npy matrix needs its word list (--word-list), and a word list goes with "
+                f"a .npy matrix; got {path.name} with word list {word_list}"
+            )
+        return load_matrix_vectors(path, Path(word_list))
     with open_maybe_compressed(str(path), "rb") as f:
         head = f.read(4096)
     first_line = head.split(b"\n", 1)[0].split()
@@ -104,6 +112,64 @@ def load_word_vectors(path: str | Path) -> KeyedVectors:
         logger.info("loaded %d word vectors of size %d from %s (%s)", len(vectors), vectors.vector_size, path, name)
         return vectors
     raise ValueError(f"cannot read word vectors from {path}: " + "; ".join(errors))
+
+
+def load_matrix_vectors(matrix_path: Path, word_list: Path) -> KeyedVectors:
+    """Vectors stored as a NumPy matrix (N, dim) plus its N words, one per row, in order.
+
+    The word list is a Parquet file with one string column (pyarrow reads it; how the
+    GloVe 6B packages on PyPI ship it), or UTF-8 text with one word per line. A word
+    listed twice keeps its first row, as gensim's own readers do.
+    """
+    if not word_list.is_file():
+        raise FileNotFoundError(f"word list {word_list} does not exist")
+    try:
+        matrix = np.load(matrix_path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read word vectors from {matrix_path}: {error}") from error
+    if matrix.ndim != 2 or matrix.shape[0] == 0 or not np.issubdtype(matrix.dtype, np.floating):
+        raise ValueError(f"{matrix_path}: expected a non-empty 2-D float matrix (words, dims), got {matrix.dtype} "
+                         f"{matrix.shape}")  # fmt: skip
+    words = _read_word_list(word_list)
+    if len(words) != matrix.shape[0]:
+        raise ValueError(f"{word_list} lists {len(words)} words but {matrix_path} has {matrix.shape[0]} rows")
+    first_rows: dict[str, int] = {}
+    for row, word in enumerate(words):
+        first_rows.setdefault(word, row)
+    vectors = KeyedVectors(vector_size=matrix.shape[1], dtype=np.float32)  # count=0: add_vectors appends
+    rows = np.fromiter(first_rows.values(), dtype=np.int64, count=len(first_rows))
+    vectors.add_vectors(list(first_rows), np.asarray(matrix[rows], dtype=np.float32))
+    logger.info("loaded %d word vectors of size %d from %s with words from %s", len(vectors), vectors.vector_size,
+                matrix_path, word_list)  # fmt: skip
+    return vectors
+
+
+def _read_word_list(path: Path) -> list[str]:
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowException) as error:
+            raise ValueError(f"cannot read the word list {path}: {error}") from error
+        columns = [name for name, column in zip(table.column_names, table.columns)
+                   if pa.types.is_string(column.type) or pa.types.is_large_string(column.type)]  # fmt: skip
+        if len(columns) != 1:
+            raise ValueError(f"word list {path}: expected one string column, found {columns or 'none'} among "
+                             f"{table.column_names}")  # fmt: skip
+        words = table.column(columns[0]).to_pylist()
+        if any(word is None for word in words):
+            raise ValueError(f"word list {path}: column {columns[0]!r} has empty (null) entries")
+        return words
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read the word list {path} (UTF-8 text, one word per line): {error}") from error
+    lines = text.split("\n")  # not splitlines(): a word may be "\x85" or "\u2028"
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
 
 
 def _load_gensim_save(path: Path) -> KeyedVectors:

@@ -110,7 +110,11 @@ def _preset_default(field: str) -> str:
 @clikit.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False),
                help="Folder of <IMGID>.jpg; default: no images (a text-only model).")
 @clikit.option("--word-vectors", type=click.Path(exists=True, dir_okay=False),
-               help="gensim-loadable word vectors; default: word2vec trained on the training text.")
+               help="Word vectors for the augmentation: word2vec text/binary, GloVe text, fastText .bin, a gensim "
+                    "save, or a .npy matrix with --word-list; default: word2vec trained on the training text.")
+@clikit.option("--word-list", type=click.Path(exists=True, dir_okay=False),
+               help="The words of a --word-vectors .npy matrix, one per row: a one-column .parquet or a text file "
+                    "with one word per line.")
 @clikit.option("--resnet-weights", type=click.Path(exists=True, dir_okay=False),
                help="torchvision ResNet state_dict file for the frozen grid encoder; default: random (seeded).")
 @clikit.option("--detector-weights", type=click.Path(exists=True, dir_okay=False),
@@ -123,6 +127,9 @@ def _preset_default(field: str) -> str:
 @clikit.option("--batch-size", type=click.IntRange(min=1), help=f"Posts per batch. {_preset_default('batch_size')}")
 @clikit.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True),
                help=f"Peak AdamW learning rate (linear warm-up, then decay). {_preset_default('learning_rate')}")
+@clikit.option("--bert-lr", "bert_learning_rate", type=click.FloatRange(min=0, min_open=True),
+               help="Peak learning rate of the pretrained --bert's own weights (the layers that start random keep "
+                    "--lr); default: --lr for all.")
 @clikit.option("--max-length", type=click.IntRange(min=3),
                help=f"Word-pieces per post incl. [CLS]/[SEP] (the paper: 64). {_preset_default('max_length')}")
 @clikit.option("--max-posts", type=click.IntRange(min=1), help="Use only the first N posts of each split (quick runs).")
@@ -159,7 +166,8 @@ def train_command(describe: bool, verbose: bool, augmentation, fusion, no_aux_ta
         raise click.UsageError("--data and --output are required (or use --describe)")
     from mner.train.trainer import TrainArgs, train
 
-    paths = ("data_dir", "out_dir", "bert", "word_vectors", "images_dir", "resnet_weights", "detector_weights")
+    paths = ("data_dir", "out_dir", "bert", "word_vectors", "word_list", "images_dir", "resnet_weights",
+             "detector_weights")
     for name in paths:
         options[name] = _optional_path(options[name])
     try:

@@ -28,7 +28,7 @@ from mner.runtime.image import DETECTOR_SIZE
 from mner.runtime.progress import progress as progress_bar
 from mner.runtime.splitters import get_splitter
 from mner.runtime.tags import TagScheme
-from mner.runtime.text import TextEncoder, bert_cleaning_empties, label_ids
+from mner.runtime.text import TextEncoder, label_ids
 from mner.train.augment import build_augmentation_table, load_word_vectors, train_word2vec
 from mner.train.chars import SPECIALS as SPECIAL_CHARS
 from mner.train.chars import build_char_vocab, char_ids
@@ -59,6 +59,10 @@ class TrainArgs:
     epochs: int | None = None
     batch_size: int | None = None
     learning_rate: float | None = None
+    # The pretrained BERT's own peak rate (--bert-lr); None: learning_rate for every parameter.
+    # Fine-tuning wants a small one for BERT and a larger one for the layers that start random.
+    bert_learning_rate: float | None = None
+    word_list: Path | None = None  # the words of a --word-vectors .npy matrix, one per row
     warmup_proportion: float | None = None
     weight_decay: float | None = None
     max_length: int | None = None
@@ -85,6 +89,8 @@ class TrainArgs:
         }
         if values["epochs"] < 1 or values["batch_size"] < 1 or values["learning_rate"] <= 0:
             raise ValueError(f"epochs and batch size must be >= 1 and the learning rate > 0, got {values}")
+        if self.bert_learning_rate is not None and self.bert_learning_rate <= 0:
+            raise ValueError(f"the BERT learning rate must be > 0, got {self.bert_learning_rate}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 (or None for torch's default), got {self.threads}")
         return dataclasses.replace(self, **values)
@@ -206,16 +212,15 @@ def build_text_encoder(args: TrainArgs, splits: dict[str, list[Post]], config: M
     from mner.train.tokenizer import train_wordpiece
 
     train_words = [word for post in splits["train"] for word in post.words]
+    # Given vectors bring their own size (GloVe 50, word2vec 300, ...): the model's
+    # augmentation projection takes it (model_config_for); trained ones have the config's.
     if args.word_vectors is not None:
-        vectors = load_word_vectors(args.word_vectors)
+        vectors = load_word_vectors(args.word_vectors, word_list=args.word_list)
+    elif args.word_list is not None:
+        raise ValueError(f"--word-list {args.word_list} names the rows of a --word-vectors .npy matrix; none was given")
     else:
         logger.info("training word2vec (%d dims) on the training text for semantic augmentation", config.augmentation_dim)
         vectors = train_word2vec([post.words for post in splits["train"]], dim=config.augmentation_dim, seed=args.seed)
-    if vectors.vector_size != config.augmentation_dim:
-        raise ValueError(
-            f"word vectors {args.word_vectors} have {vectors.vector_size} dimensions; the model expects "
-            f"{config.augmentation_dim}"
-        )
     # Rows for every word of the three splits, as the reference's table: the vectors are
     # unsupervised, so covering dev/test words uses no labels.
     all_words = [word for posts in splits.values() for post in posts for word in post.words]
@@ -241,12 +246,19 @@ def build_model(args: TrainArgs, config: ModelConfig) -> MGCMT:
     return MGCMT(config, bert=bert)
 
 
-def model_config_for(args: TrainArgs, scheme: TagScheme, vocab_size: int, table_rows: int) -> ModelConfig:
+def model_config_for(
+    args: TrainArgs, scheme: TagScheme, vocab_size: int, table_rows: int, augmentation_dim: int | None = None
+) -> ModelConfig:
+    """The model's sizes: the preset's, the pretrained BERT's, and the augmentation table's width."""
     overrides = dict(args.model_overrides)
+    if augmentation_dim is not None:
+        overrides["augmentation_dim"] = augmentation_dim
     if args.bert is not None:
         from transformers import BertConfig
 
         bert = BertConfig.from_pretrained(str(args.bert), local_files_only=True)
+        if bert.model_type != "bert":
+            raise ValueError(f"{args.bert}: config.json says model_type {bert.model_type!r}; --bert needs a BERT")
         for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                      "max_position_embeddings", "hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps"):  # fmt: skip
             overrides[name] = getattr(bert, name)
@@ -416,15 +428,26 @@ def f1_of(model, examples, features, scheme, pad_id, device) -> dict[str, Any]:
     return evaluate_entities([e.word_tags for e in examples], predictions)
 
 
-def optimizer_for(model: nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+def optimizer_for(
+    model: nn.Module, learning_rate: float, weight_decay: float, bert_learning_rate: float | None = None
+) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases and norms; BERT's parameters at `bert_learning_rate` when given.
+
+    The first group is always at `learning_rate` (the history's learning_rate reads it).
+    """
+    groups: dict[tuple[bool, bool], list] = {(bert, decay): [] for bert in (False, True) for decay in (True, False)}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         is_norm_or_bias = name.endswith("bias") or "LayerNorm" in name or "_norm." in name
-        (no_decay if is_norm_or_bias else decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=learning_rate)
+        is_bert = bert_learning_rate is not None and name.startswith("bert.")
+        groups[(is_bert, not is_norm_or_bias)].append(parameter)
+    return torch.optim.AdamW(
+        [{"params": params, "weight_decay": weight_decay if decay else 0.0,
+          "lr": bert_learning_rate if bert else learning_rate}
+         for (bert, decay), params in groups.items() if params or not bert],  # fmt: skip
+        lr=learning_rate,
+    )
 
 
 def linear_warmup_decay(optimizer, total_steps: int, warmup_proportion: float) -> torch.optim.lr_scheduler.LambdaLR:
@@ -469,7 +492,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
     encoder, table, _ = build_text_encoder(args, splits, probe)
     vocab_size = encoder.tokenizer.get_vocab_size()
     char_vocab = build_char_vocab(word for post in splits["train"] for word in post.words) if probe.char_cnn else None
-    config = model_config_for(args, scheme, vocab_size, table.shape[0])
+    config = model_config_for(args, scheme, vocab_size, table.shape[0], augmentation_dim=table.shape[1])
     if config.char_cnn:
         config = dataclasses.replace(config, char_vocab_size=len(SPECIAL_CHARS) + len(char_vocab))
     if config.vocab_size < vocab_size:
@@ -490,7 +513,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
 
     steps_per_epoch = math.ceil(len(examples["train"]) / args.batch_size) // world
     total_steps = steps_per_epoch * args.epochs
-    optimizer = optimizer_for(model, args.learning_rate, args.weight_decay)
+    optimizer = optimizer_for(model, args.learning_rate, args.weight_decay, args.bert_learning_rate)
     scheduler = linear_warmup_decay(optimizer, total_steps, args.warmup_proportion)
     data_hashes = {split: sha256_file(args.data_dir / f"{split}.txt") for split in SPLITS}
     state = {"epoch": 0, "best_dev_f1": -1.0, "history": []}
@@ -639,9 +662,9 @@ def evaluate_checkpoint(
         raise ValueError(f"{data_path} holds no posts")
     check_entity_types(posts, checkpoint.scheme.entity_types, str(data_path), f"checkpoint {checkpoint_path}")
     posts = posts[:max_posts] if max_posts else posts
-    if decoding == "reference":
-        posts = [_without_emptied_words(post) for post in posts]
     encoder, config = checkpoint.text_encoder, checkpoint.config
+    if decoding == "reference":
+        posts = [_without_emptied_words(post, encoder) for post in posts]
     examples = []
     truncated = 0
     for index, (post, encoded) in enumerate(zip(posts, encoder.encode_many([post.words for post in posts]))):
@@ -667,9 +690,9 @@ def evaluate_checkpoint(
     return {**score([e.word_tags for e in examples], predictions), "decoding": decoding}
 
 
-def _without_emptied_words(post: Post) -> Post:
+def _without_emptied_words(post: Post, encoder: TextEncoder) -> Post:
     """The post as the authors' pipeline sees it: without the words BERT's cleaning empties."""
-    kept = [i for i, word in enumerate(post.words) if not bert_cleaning_empties(word)]
+    kept = [i for i, word in enumerate(post.words) if not encoder.cleaning_empties(word)]
     if len(kept) == len(post.words):
         return post
     return dataclasses.replace(post, words=[post.words[i] for i in kept], tags=[post.tags[i] for i in kept])
