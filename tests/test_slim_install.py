@@ -244,7 +244,7 @@ def test_require_extra_gives_one_line_in_the_slim_install(slim):
     """)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "Error: mner-demo needs torch, torchvision, transformers and 5 more (not installed): pip install 'mner[train]'"]
+        "Error: mner-demo needs torch, torchvision, transformers and 6 more (not installed): pip install 'mner[train]'"]
 
 
 @pytest.mark.parametrize("name", sorted(TRAIN_ONLY))

@@ -60,6 +60,8 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")  # fmt: skip
     logging.getLogger("mner").setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Except matplotlib's font search: hundreds of lines scoring every installed font per plot.
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.INFO)
 
 
 def _threads_option():

@@ -239,10 +239,28 @@ def build_model(args: TrainArgs, config: ModelConfig) -> MGCMT:
     if args.bert is None:
         return MGCMT(config)
     from transformers import BertModel
+    from transformers.utils import logging as transformers_logging
 
-    bert = BertModel.from_pretrained(
-        str(args.bert), add_pooling_layer=False, attn_implementation="eager", local_files_only=True
-    )
+    # transformers prints a progress bar and a table of keys it did not use (the pooler, which
+    # is left out on purpose) whatever --no-progress says; one line of ours says what matters.
+    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        bert, info = BertModel.from_pretrained(
+            str(args.bert), add_pooling_layer=False, attn_implementation="eager", local_files_only=True,
+            output_loading_info=True,
+        )  # fmt: skip
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
+    unused = [key for key in info["unexpected_keys"] if not key.startswith("pooler.")]
+    logger.info("loaded %s: %.1f M parameters%s", args.bert, sum(p.numel() for p in bert.parameters()) / 1e6,
+                f"; unused weights {unused[:5]}" if unused else "")  # fmt: skip
+    if info["missing_keys"]:
+        logger.warning("%s has no weights for %d of BERT's parameters, which start random: %s", args.bert,
+                       len(info["missing_keys"]), info["missing_keys"][:5])  # fmt: skip
     return MGCMT(config, bert=bert)
 
 
