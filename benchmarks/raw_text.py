@@ -1,7 +1,8 @@
 """How well raw tweets are split back into the data set's words, and what that costs in F1.
 
     python -m mner.benchmarks.raw_text --data ../shared/data/twitter2017 \\
-        [--engine BUNDLE] [--out benchmarks/results/raw-text.md] [--json FILE]
+        [--engine BUNDLE [--cli [--checkpoint BEST_PT]] [--max-posts N]] \\
+        [--out benchmarks/results/raw-text.md] [--json FILE]
 
 The TWITTER data sets give each post as words (``NYC .``, ``# NewYorkMets``, ``It ' s``).
 Users send the tweet itself. For every post of train, dev and test this script writes
@@ -15,9 +16,24 @@ text with the runtime's ``tweet`` splitter and reports
     (``Pipeline.tag_words``) and tagging the rejoined tweet (``Pipeline.tag``), entities
     matched by type and character span in the tweet; and, for comparison, the tweet split
     on whitespace only (how the runtime split raw text before the tweet splitter);
+(d) with ``--cli``, the same raw-tweet F1 through the installed ``mner-tag`` command: the
+    rejoined tweets written as JSONL (``{"id", "text"}``), tagged by ``mner-tag --engine``
+    in a subprocess, its records' entities (type, character offsets) scored as (c) scores
+    ``Pipeline.tag``'s;
+(e) with ``--checkpoint`` (and ``--cli``), the reference: ``mner-eval --json`` on the
+    checkpoint the bundle was exported from, on the same test posts (PyTorch, the data
+    set's words, conlleval), and whether ``mner-tag``'s raw-tweet F1 is within 0.1 points
+    of it. ``mner-eval`` scores word sequences and drops a post's words past the model's
+    ``max_length`` pieces from its gold; the other rows score every gold entity by
+    character span, so the two agree where every entity word is split back exactly and no
+    post is truncated.
+
+``--max-posts N`` tags only the first N test posts in (c)-(e) (the split measurements
+always cover every post).
 
 and, for the posts that still differ, what differs (the classes, with counts and an
-example each). Targets: (a) >= 97 %, (b) >= 99.5 %, (c) raw within 0.5 points.
+example each). Targets: (a) >= 97 %, (b) >= 99.5 %, (c) raw within 0.5 points, (e) ``mner-tag``
+within 0.1 points of ``mner-eval`` (either way).
 
 ``rejoin`` is deliberately not the splitter run backwards: it writes tweets as people
 type them (``NYC.``, ``#NewYorkMets``, ``@user``, ``It's``, ``2nd``, ``7:30``,
@@ -32,7 +48,9 @@ import json
 import logging
 import platform
 import shlex
+import subprocess
 import sys
+import tempfile
 import time
 import unicodedata
 from collections import Counter
@@ -50,6 +68,8 @@ SPLITS = (("train", "train.txt"), ("dev", "valid.txt"), ("test", "test.txt"))
 TARGET_POSTS = 0.97
 TARGET_ENTITY_WORDS = 0.995
 TARGET_F1_GAP = 0.005
+TARGET_CLI_GAP = 0.001  # mner-tag on raw tweets vs mner-eval on the checkpoint (issue 14), either way
+TAG_INPUT, TAG_OUTPUT = "posts.jsonl", "tagged.jsonl"  # in a temporary folder
 
 # --------------------------------------------------------------------------- rejoin
 
@@ -187,9 +207,9 @@ def _f1(gold: list[set], pred: list[set]) -> dict[str, float]:
     return {"precision": precision, "recall": recall, "f1": f1, "gold": n_gold, "predicted": n_pred}
 
 
-def measure_f1(engine: Path, posts: list[ConllPost], batch_size: int = 16) -> dict[str, dict[str, float]]:
+def measure_f1(engine: Path, posts: list[ConllPost], batch_size: int = 16, cli: bool = False) -> dict[str, dict[str, float]]:
     """Entity F1 (type + character span in the rejoined tweet) tagging the data set's words, the raw
-    tweet, and the raw tweet split on whitespace."""
+    tweet, and the raw tweet split on whitespace; with ``cli``, also the raw tweet through ``mner-tag``."""
     from mner.runtime.pipeline import Pipeline  # the bundle's runtime; imported here so --help is quick
 
     texts, spans = zip(*(rejoin(post.words) for post in posts))
@@ -209,13 +229,83 @@ def measure_f1(engine: Path, posts: list[ConllPost], batch_size: int = 16) -> di
     pred_words = [_span_entities(r.tags, s) for r, s in zip(on_words, spans)]
     pred_text = [{(e.type, e.start, e.end) for e in r.entities} for r in on_text]
     pred_spaces = [{(e.type, e.start, e.end) for e in r.entities} for r in on_spaces]
-    return {"words": _f1(gold, pred_words), "raw": _f1(gold, pred_text), "raw_whitespace": _f1(gold, pred_spaces)}
+    scores = {"words": _f1(gold, pred_words), "raw": _f1(gold, pred_text), "raw_whitespace": _f1(gold, pred_spaces)}
+    if cli:
+        scores["cli"] = _f1(gold, tag_with_cli(engine, list(texts), batch_size=batch_size))
+    return scores
+
+
+def console_script(name: str) -> Path:
+    """The console script `name` installed beside this interpreter (the one these figures are about)."""
+    path = Path(sys.executable).parent / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {name} must be installed in this interpreter's environment "
+                                "(pip install -e '.[train]')")  # fmt: skip
+    return path
+
+
+def _run_script(arguments: list[str | Path]) -> subprocess.CompletedProcess:
+    logger.info("running %s", shlex.join(str(a) for a in arguments))
+    return subprocess.run([str(a) for a in arguments], capture_output=True, text=True, encoding="utf-8", check=False)
+
+
+def _failure(name: str, completed: subprocess.CompletedProcess) -> RuntimeError:
+    tail = "\n".join((completed.stderr or completed.stdout).strip().splitlines()[-5:])
+    return RuntimeError(f"{name} exited with status {completed.returncode}: {tail or '(no output)'}")
+
+
+def tag_with_cli(engine: Path, texts: list[str], batch_size: int = 16) -> list[set[tuple[str, int, int]]]:
+    """Each text's entities (type, start, end) as the installed ``mner-tag`` command writes them: the texts
+    as one JSONL file (id = position), tagged in a subprocess, its output records read back."""
+    with tempfile.TemporaryDirectory(prefix="mner-raw-text-") as folder:
+        posts, tagged = Path(folder) / TAG_INPUT, Path(folder) / TAG_OUTPUT
+        posts.write_text("".join(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n" for i, t in enumerate(texts)),
+                         encoding="utf-8")  # fmt: skip
+        completed = _run_script([console_script("mner-tag"), "--engine", engine, "--input", posts, "--output", tagged,
+                                 "--batch-size", str(batch_size), "--no-progress"])  # fmt: skip
+        records = [json.loads(line) for line in tagged.read_text(encoding="utf-8").splitlines()] if tagged.is_file() else []
+    errors = [r for r in records if "error" in r]
+    if errors:  # mner-tag's status 3; the record says why
+        raise RuntimeError(f"mner-tag could not tag {len(errors)} test posts, first (id {errors[0].get('id')}): {errors[0]['error']}")
+    if completed.returncode != 0:
+        raise _failure("mner-tag", completed)
+    ids = [r.get("id") for r in records]
+    if ids != list(range(len(texts))):
+        raise RuntimeError(f"mner-tag wrote records for ids {ids[:10]}...; expected 0..{len(texts) - 1} in order")
+    return [{(e["type"], e["start"], e["end"]) for e in r["entities"]} for r in records]
+
+
+def evaluate_with_cli(checkpoint: Path, data: Path, max_posts: int | None = None) -> dict:
+    """``mner-eval --json`` on the test split: its micro and per-type scores (conlleval, the data set's words)."""
+    arguments = [console_script("mner-eval"), "--checkpoint", checkpoint, "--data", data, "--split", "test", "--json",
+                 "--no-progress"]  # fmt: skip
+    if max_posts is not None:
+        arguments += ["--max-posts", str(max_posts)]
+    completed = _run_script(arguments)
+    if completed.returncode != 0:
+        raise _failure("mner-eval", completed)
+    try:
+        result = json.loads(completed.stdout)
+        result["micro"]["f1"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise RuntimeError(f"mner-eval --json printed no metrics (expected a JSON object with 'micro'): "
+                           f"{completed.stdout.strip()[:200]!r}") from error  # fmt: skip
+    return result
 
 
 # --------------------------------------------------------------------------- report
 
 
-def run(data: Path, engine: Path | None) -> dict:
+def run(data: Path, engine: Path | None, *, cli: bool = False, checkpoint: Path | None = None,
+        max_posts: int | None = None) -> dict:
+    """The split measurements on every post; with ``engine``, test F1 (on the first ``max_posts`` test
+    posts), ``cli`` adding ``mner-tag``'s and ``checkpoint`` ``mner-eval``'s (which needs ``cli``)."""
+    if cli and engine is None:
+        raise ValueError("cli=True tags with mner-tag --engine: it needs an engine (a bundle)")
+    if checkpoint is not None and not cli:
+        raise ValueError("checkpoint compares mner-eval with mner-tag's raw-tweet F1: it needs cli=True")
+    if max_posts is not None and max_posts < 1:
+        raise ValueError(f"max_posts must be >= 1 (or None for every test post), got {max_posts}")
     report: dict = {"splits": {}, "misses": {}, "examples": {}}
     misses: Counter = Counter()
     examples: dict[str, str] = {}
@@ -233,9 +323,15 @@ def run(data: Path, engine: Path | None) -> dict:
     report["misses"] = dict(misses.most_common())
     report["examples"] = examples
     if engine is not None:
+        tagged = test_posts[:max_posts] if max_posts else test_posts
         started = time.perf_counter()
-        report["f1"] = measure_f1(engine, test_posts)
+        report["f1"] = measure_f1(engine, tagged, cli=cli)
         report["f1_seconds"] = time.perf_counter() - started
+        report["f1_posts"] = [len(tagged), len(test_posts)]
+    if checkpoint is not None:
+        started = time.perf_counter()
+        report["eval"] = evaluate_with_cli(checkpoint, data, max_posts=max_posts)
+        report["eval_seconds"] = time.perf_counter() - started
     return report
 
 
@@ -243,7 +339,36 @@ def _pct(numerator: int, denominator: int) -> str:
     return f"{100 * numerator / denominator:.2f} %" if denominator else "n/a"
 
 
-def to_markdown(report: dict, command: str, notes: str = "") -> str:
+def _eval_row(micro: dict) -> dict:
+    """mner-eval's micro scores as a row of the F1 table; its predicted count follows from them exactly."""
+    true = round(micro["recall"] * micro["support"])
+    predicted = round(true / micro["precision"]) if micro["precision"] else "n/a"
+    return {**micro, "gold": micro["support"], "predicted": predicted}
+
+
+def _scope(report: dict, engine_args: dict[str, str]) -> str:
+    """Which posts the F1 rows cover and how the command rows were produced (paths as given)."""
+    tagged, total = report["f1_posts"]
+    lines = [f"- Posts: {'all' if tagged == total else f'the first {tagged} of the'} {total} test posts, every row; "
+             f"the rows above the reference took {report['f1_seconds']:.0f} s."]  # fmt: skip
+    if "cli" in report["f1"]:
+        tag = shlex.join(["mner-tag", "--engine", engine_args["engine"], "--input", TAG_INPUT, "--output", TAG_OUTPUT])
+        lines.append(f'- `mner-tag` row: the rejoined tweets written as JSONL (`{{"id", "text"}}` per line), then `{tag}` '
+                     "in a subprocess; its records' entities (type, start, end) scored as `tag`'s.")  # fmt: skip
+    if "eval" in report:
+        command = ["mner-eval", "--checkpoint", engine_args["checkpoint"], "--data", engine_args["data"], "--split", "test",
+                   "--json"]  # fmt: skip
+        if tagged != total:
+            command += ["--max-posts", str(tagged)]
+        lines.append(f"- Reference row: `{shlex.join(command)}` ({report['eval_seconds']:.0f} s). It scores word "
+                     "sequences, and leaves out of gold a post's words past the model's max_length pieces (the rows "
+                     "above count entities there as missed).")  # fmt: skip
+    return "\n".join(lines)
+
+
+def to_markdown(report: dict, command: str, notes: str = "", engine_args: dict[str, str] | None = None) -> str:
+    """The report; ``engine_args``: the --engine, --checkpoint and --data values as given, to name them."""
+    engine_args = engine_args or {"engine": "BUNDLE", "checkpoint": "BEST_PT", "data": "DATA"}
     splits = report["splits"]
     total = SplitStats(**{k: sum(s[k] for s in splits.values()) for k in SplitStats.__dataclass_fields__})
     lines = [
@@ -281,6 +406,14 @@ def to_markdown(report: dict, command: str, notes: str = "") -> str:
             f"| {100 * raw['f1']:.2f} vs {100 * words['f1']:.2f} ({100 * gap:+.2f} points) "
             f"| {'met' if gap <= TARGET_F1_GAP else 'missed'} |"
         )
+        if "eval" in report:
+            tag, reference = report["f1"]["cli"]["f1"], report["eval"]["micro"]["f1"]
+            difference = tag - reference
+            lines.append(
+                f"| test entity F1, `mner-tag` on raw tweets vs `mner-eval` on the checkpoint "
+                f"| within {100 * TARGET_CLI_GAP:.1f} points | {100 * tag:.2f} vs {100 * reference:.2f} "
+                f"({100 * difference:+.2f} points) | {'met' if abs(difference) <= TARGET_CLI_GAP + 1e-12 else 'missed'} |"
+            )
         lines += [
             "",
             "Test entity scores (entities matched by type and character span in the tweet):",
@@ -288,11 +421,17 @@ def to_markdown(report: dict, command: str, notes: str = "") -> str:
             "| input | precision | recall | F1 | gold | predicted |",
             "|---|---:|---:|---:|---:|---:|",
         ]
-        rows = (("data set's words (`tag_words`)", words), ("raw tweet, tweet splitter (`tag`)", raw),
-                ("raw tweet, whitespace splitter (`tag`, `splitter='whitespace'`)", report["f1"]["raw_whitespace"]))
+        rows = [("data set's words (`tag_words`)", words), ("raw tweet, tweet splitter (`tag`)", raw),
+                ("raw tweet, whitespace splitter (`tag`, `splitter='whitespace'`)", report["f1"]["raw_whitespace"])]
+        if "cli" in report["f1"]:
+            rows.append(("raw tweet, `mner-tag` command", report["f1"]["cli"]))
+        if "eval" in report:
+            rows.append(("checkpoint in PyTorch, `mner-eval` (reference: the data set's words, conlleval)",
+                         _eval_row(report["eval"]["micro"])))
         for name, s in rows:
             lines.append(f"| {name} | {100 * s['precision']:.2f} | {100 * s['recall']:.2f} | {100 * s['f1']:.2f} "
                          f"| {s['gold']} | {s['predicted']} |")  # fmt: skip
+        lines += ["", _scope(report, engine_args)]
     lines += ["", "## Posts that still differ", ""]
     if report["misses"]:
         lines += ["| class (first difference in the post) | posts | example |", "|---|---:|---|"]
@@ -309,19 +448,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mner.benchmarks.raw_text", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="TWITTER-format folder (train.txt, valid.txt, test.txt)")
     parser.add_argument("--engine", type=Path, help="a trained bundle: also measure entity F1 on test, raw vs words")
+    parser.add_argument("--cli", action="store_true",
+                        help="with --engine: also tag the raw tweets with the installed mner-tag command (a subprocess)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="with --cli: the best.pt the bundle was exported from; mner-eval on it is the reference")
+    parser.add_argument("--max-posts", type=int, help="with --engine: tag only the first N test posts")
     parser.add_argument("--out", type=Path, help="write the Markdown report here")
     parser.add_argument("--json", type=Path, help="write the figures as JSON here")
     parser.add_argument("--notes", type=Path, help="a Markdown file appended to the report (how the bundle was made)")
     args = parser.parse_args(argv)
+    if args.cli and args.engine is None:
+        parser.error("--cli tags with mner-tag --engine BUNDLE: give --engine")
+    if args.checkpoint is not None and not args.cli:
+        parser.error("--checkpoint compares mner-eval with the mner-tag command's F1: give --cli (and --engine)")
+    if args.max_posts is not None and (args.engine is None or args.max_posts < 1):
+        parser.error(f"--max-posts limits the tagged test posts: it needs --engine and a value >= 1, got {args.max_posts}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        report = run(args.data, args.engine)
+        report = run(args.data, args.engine, cli=args.cli, checkpoint=args.checkpoint, max_posts=args.max_posts)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     command = shlex.join(["python", "-m", "mner.benchmarks.raw_text", *(argv if argv is not None else sys.argv[1:])])
     notes = args.notes.read_text(encoding="utf-8") if args.notes else ""
-    markdown = to_markdown(report, command, notes)
+    given = {"engine": str(args.engine), "checkpoint": str(args.checkpoint), "data": str(args.data)}
+    markdown = to_markdown(report, command, notes, engine_args=given)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(markdown, encoding="utf-8")
