@@ -10,6 +10,7 @@ from mner.runtime.tags import Role, TagScheme
 from mner.runtime.text import (
     AUG_UNKNOWN_ROW,
     EncodedText,
+    SpecialTokens,
     TextEncoder,
     Word,
     bert_cleaning_empties,
@@ -324,12 +325,88 @@ def test_from_bert_dir_ids_are_line_numbers(tmp_path):
 
 
 def test_from_bert_dir_validation(tmp_path):
-    with pytest.raises(ValueError, match="vocab.txt"):
+    with pytest.raises(ValueError, match="neither vocab.txt nor tokenizer.json"):
         TextEncoder.from_bert_dir(tmp_path)
     (tmp_path / "vocab.txt").write_text("\n".join(VOCAB_TOKENS), encoding="utf-8")
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}))
-    with pytest.raises(ValueError, match="do_lower_case"):
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer"}))
+    with pytest.raises(ValueError, match="tokenizer_class 'GPT2Tokenizer'"):
         TextEncoder.from_bert_dir(tmp_path)
+
+
+def test_from_bert_dir_follows_an_uncased_directory(tmp_path):
+    # once refused: an uncased directory now tokenises as it says (tests/runtime/test_bert_dir.py has the rest)
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB_TOKENS), encoding="utf-8")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}))
+    encoder = TextEncoder.from_bert_dir(tmp_path)
+    encoded = encoder.encode(["PARIS", "Paris", "CAFÉ"])
+    assert [pieces(encoder, encoded, i) for i in range(3)] == [["paris"], ["paris"], ["[UNK]"]]  # "cafe" not in VOCAB
+
+
+def test_load_of_a_file_without_special_tokens_uses_berts_names(tmp_path):
+    # text_encoder.json as written before special_tokens was recorded
+    encoder = make_encoder(max_length=9)
+    encoder.save(tmp_path)
+    (tmp_path / "text_encoder.json").write_text(json.dumps({"format_version": 1, "max_length": 9}))
+    loaded = TextEncoder.load(tmp_path)
+    assert loaded.special_tokens == SpecialTokens(pad="[PAD]", unk="[UNK]", cls="[CLS]", sep="[SEP]")
+    assert (loaded.pad_id, loaded.unk_id, loaded.cls_id, loaded.sep_id) == (0, 1, 2, 3)
+    assert loaded.max_length == 9
+    np.testing.assert_array_equal(loaded.encode(["Kawhi", "zzz"]).input_ids, encoder.encode(["Kawhi", "zzz"]).input_ids)
+
+
+def test_load_refuses_unknown_special_token_fields(tmp_path):
+    make_encoder().save(tmp_path)
+    settings = {"format_version": 1, "max_length": 64, "special_tokens": {"unk": "[UNK]", "mask": "[MASK]"}}
+    (tmp_path / "text_encoder.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match=r"text_encoder.json: unknown special_tokens fields \['mask'\]"):
+        TextEncoder.load(tmp_path)
+
+
+def test_save_records_the_special_tokens(tmp_path):
+    make_encoder().save(tmp_path)
+    saved = json.loads((tmp_path / "text_encoder.json").read_text())
+    assert saved == {"format_version": 1, "max_length": 64,
+                     "special_tokens": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]"}}  # fmt: skip
+
+
+# --- TextEncoder.cleaning_empties -----------------------------------------------------------------
+
+
+def uncased_encoder():
+    # strip_accents None: BERT's rule, accents go when lowercasing (an uncased directory's usual setting)
+    return TextEncoder(bert_tokenizer(VOCAB, lowercase=True, strip_accents=None), {})
+
+
+def test_cleaning_empties_of_a_cased_encoder_is_berts_cleaning():
+    encoder = make_encoder()
+    assert {c for c in CHARACTERS if encoder.cleaning_empties(c)} == {c for c in CHARACTERS if bert_cleaning_empties(c)}
+    assert not encoder.cleaning_empties("\ufe0f") and not encoder.cleaning_empties("\u0301")
+
+
+def test_cleaning_empties_of_an_uncased_encoder_also_strips_marks():
+    encoder = uncased_encoder()
+    # a lone variation selector or combining accent is a mark that accent stripping removes
+    for word in ("\ufe0f", "\u0301", "\ufe0f\u200b", *EMPTIED):
+        assert encoder.cleaning_empties(word), repr(word)
+    for word in ("é", "e\u0301", "\u2764\ufe0f", "PARIS", "😂"):
+        assert not encoder.cleaning_empties(word), repr(word)
+
+
+@pytest.mark.parametrize("encoder", [make_encoder(), uncased_encoder()], ids=["cased", "uncased"])
+def test_cleaning_empties_says_which_words_are_encoded_as_unk_with_the_unknown_row(encoder):
+    words = ["\ufe0f", "\u0301", "\u200b", "paris", "\u2764\ufe0f", "e\u0301"]
+    encoder = TextEncoder(encoder.tokenizer, {word: 2 + i for i, word in enumerate(words)})
+    encoded = encoder.encode(words)
+    assert encoded.n_words == len(words)
+    for i, word in enumerate(words):
+        emptied = encoder.cleaning_empties(word)
+        alone = encoder.tokenizer.encode([word], is_pretokenized=True, add_special_tokens=False).ids
+        assert emptied == (not alone), repr(word)
+        if emptied:
+            assert pieces(encoder, encoded, i) == ["[UNK]"], repr(word)
+            assert encoded.aug_ids[encoded.word_positions[i]] == AUG_UNKNOWN_ROW, repr(word)
+        else:
+            assert encoded.aug_ids[encoded.word_positions[i]] == 2 + i, repr(word)
 
 
 def test_encoded_text_is_a_plain_record():
