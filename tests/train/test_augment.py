@@ -4,6 +4,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from gensim.models import FastText, KeyedVectors, Word2Vec
 from gensim.models.fasttext import save_facebook_model
@@ -163,3 +165,121 @@ def test_load_word_vectors_errors(tmp_path):
     Dictionary([["a", "b"]]).save(str(tmp_path / "dictionary.model"))
     with pytest.raises(ValueError, match="not a model with word vectors"):
         load_word_vectors(tmp_path / "dictionary.model")
+
+
+# --- a NumPy matrix with its word list (GloVe 6B as the PyPI packages ship it) ---------------------
+
+
+def write_parquet(path, columns: dict):
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+@pytest.fixture
+def matrix(tmp_path, tiny_vectors):
+    """tiny_vectors as a .npy matrix (N, 6) float32; its words are WORDS in row order."""
+    path = tmp_path / "emb.npy"
+    np.save(path, tiny_vectors.vectors)
+    return path
+
+
+def test_npy_with_a_parquet_word_list(tmp_path, matrix, tiny_vectors):
+    words = write_parquet(tmp_path / "index.parquet", {"index": WORDS})
+    loaded = load_word_vectors(matrix, word_list=words)
+    assert loaded.index_to_key == WORDS and loaded.vector_size == 6 and loaded.vectors.dtype == np.float32
+    np.testing.assert_array_equal(loaded.vectors, tiny_vectors.vectors)
+    np.testing.assert_array_equal(loaded["paris"], np.load(matrix)[0])
+    # what --word-vectors feeds next: a table whose cased words reach lowercase rows
+    table, vocab = build_augmentation_table(loaded, ["Paris", "NBA"])
+    assert vocab == {"paris": 2, "nba": 3} and table.shape == (4, 6)
+
+
+def test_the_parquet_word_list_may_have_other_columns_and_large_strings(tmp_path, matrix):
+    words = write_parquet(tmp_path / "index.parquet", {
+        "row": pa.array(range(len(WORDS)), type=pa.int64()),
+        "word": pa.array(WORDS, type=pa.large_string()),
+        "count": pa.array([1.0] * len(WORDS)),
+    })  # fmt: skip
+    assert load_word_vectors(matrix, word_list=words).index_to_key == WORDS
+
+
+def test_npy_with_a_text_word_list(tmp_path, matrix, tiny_vectors):
+    # one word per line, CRLF tolerated; "\x85" and "\u2028" are words, not line breaks
+    words = [*WORDS[:-2], "a\x85b", "\u2028"]
+    (tmp_path / "words.txt").write_bytes("\r\n".join(words).encode("utf-8") + b"\r\n")
+    loaded = load_word_vectors(matrix, word_list=tmp_path / "words.txt")
+    assert loaded.index_to_key == words
+    np.testing.assert_array_equal(loaded["\u2028"], tiny_vectors.vectors[-1])
+
+
+def test_a_word_listed_twice_keeps_its_first_row(tmp_path, matrix, tiny_vectors):
+    words = [*WORDS[:5], "paris", *WORDS[6:]]  # row 5 ("obama") renamed "paris", which row 0 already is
+    loaded = load_word_vectors(matrix, word_list=write_parquet(tmp_path / "index.parquet", {"w": words}))
+    assert len(loaded) == len(WORDS) - 1 and "obama" not in loaded.key_to_index
+    np.testing.assert_array_equal(loaded["paris"], tiny_vectors.vectors[0])
+    np.testing.assert_array_equal(loaded["a"], tiny_vectors.vectors[-1])
+
+
+def test_matrix_and_word_list_must_agree_on_rows(tmp_path, matrix):
+    short = write_parquet(tmp_path / "short.parquet", {"index": WORDS[:-1]})
+    with pytest.raises(ValueError, match=r"short.parquet lists 11 words but .*emb.npy has 12 rows"):
+        load_word_vectors(matrix, word_list=short)
+    (tmp_path / "long.txt").write_text("\n".join([*WORDS, "extra"]) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"long.txt lists 13 words but .*emb.npy has 12 rows"):
+        load_word_vectors(matrix, word_list=tmp_path / "long.txt")
+
+
+def test_the_parquet_word_list_needs_one_string_column_without_nulls(tmp_path, matrix):
+    numbers = write_parquet(tmp_path / "numbers.parquet", {"id": list(range(len(WORDS)))})
+    with pytest.raises(ValueError, match=r"numbers.parquet: expected one string column, found none among \['id'\]"):
+        load_word_vectors(matrix, word_list=numbers)
+    two = write_parquet(tmp_path / "two.parquet", {"word": WORDS, "lower": [w.lower() for w in WORDS]})
+    with pytest.raises(ValueError, match=r"two.parquet: expected one string column, found \['word', 'lower'\]"):
+        load_word_vectors(matrix, word_list=two)
+    nulls = write_parquet(tmp_path / "nulls.parquet", {"index": [*WORDS[:-1], None]})
+    with pytest.raises(ValueError, match="nulls.parquet: column 'index' has empty \\(null\\) entries"):
+        load_word_vectors(matrix, word_list=nulls)
+
+
+def test_unreadable_word_lists_are_named(tmp_path, matrix):
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(ValueError, match="cannot read the word list .*broken.parquet"):
+        load_word_vectors(matrix, word_list=tmp_path / "broken.parquet")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"cannot read the word list .*latin1.txt \(UTF-8 text, one word per line\)"):
+        load_word_vectors(matrix, word_list=tmp_path / "latin1.txt")
+    with pytest.raises(FileNotFoundError, match="word list .*missing.parquet does not exist"):
+        load_word_vectors(matrix, word_list=tmp_path / "missing.parquet")
+
+
+def test_npy_and_word_list_come_together(tmp_path, matrix, tiny_vectors):
+    with pytest.raises(ValueError, match="a .npy matrix needs its word list \\(--word-list\\).*with word list None"):
+        load_word_vectors(matrix)
+    tiny_vectors.save_word2vec_format(str(tmp_path / "vectors.txt"), binary=False)
+    words = write_parquet(tmp_path / "index.parquet", {"index": WORDS})
+    with pytest.raises(ValueError, match="a word list goes with a .npy matrix; got vectors.txt with word list"):
+        load_word_vectors(tmp_path / "vectors.txt", word_list=words)
+
+
+@pytest.mark.parametrize("array", [
+    np.zeros(12, dtype=np.float32),  # 1-D
+    np.zeros((12, 6), dtype=np.int64),  # not floats
+    np.zeros((0, 6), dtype=np.float32),  # no rows
+    np.zeros((12, 6, 1), dtype=np.float32),
+], ids=["1-D", "int", "empty", "3-D"])  # fmt: skip
+def test_the_matrix_must_be_a_2d_float_matrix(tmp_path, array):
+    np.save(tmp_path / "emb.npy", array)
+    words = write_parquet(tmp_path / "index.parquet", {"index": WORDS})
+    with pytest.raises(ValueError, match="emb.npy: expected a non-empty 2-D float matrix \\(words, dims\\), got"):
+        load_word_vectors(tmp_path / "emb.npy", word_list=words)
+
+
+def test_an_unreadable_matrix_is_named(tmp_path):
+    (tmp_path / "emb.npy").write_bytes(b"not a numpy file")
+    words = write_parquet(tmp_path / "index.parquet", {"index": WORDS})
+    with pytest.raises(ValueError, match="cannot read word vectors from .*emb.npy"):
+        load_word_vectors(tmp_path / "emb.npy", word_list=words)
+    # an object array would need pickle, which is never loaded
+    np.save(tmp_path / "objects.npy", np.array([["a"]], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="cannot read word vectors from .*objects.npy"):
+        load_word_vectors(tmp_path / "objects.npy", word_list=words)
