@@ -229,7 +229,8 @@ class Pipeline:
         if not isinstance(max_length, int) or not 3 <= max_length <= model_length:
             raise ValueError(f"max_length must be an int in [3, {model_length}] (the model's window), got {max_length!r}")
         if max_length != encoder.max_length:
-            encoder = TextEncoder(encoder.tokenizer, encoder.aug_vocab, max_length=max_length)
+            encoder = TextEncoder(encoder.tokenizer, encoder.aug_vocab, max_length=max_length,
+                                  special_tokens=encoder.special_tokens)
         self.split = get_splitter(splitter)  # raises ValueError naming the known splitters
         self.splitter = splitter
         self.encoder = encoder

@@ -359,8 +359,8 @@ def bert_dir_settings(path: Path, vocab: Mapping[str, int]) -> BertDirSettings:
     special = {}
     for field in ("pad", "unk", "cls", "sep"):
         value = config.get(f"{field}_token", names.get(f"{field}_token"))
-        if isinstance(value, dict):  # transformers' AddedToken form
-            value = value.get("content")
+        if isinstance(value, dict):  # transformers' AddedToken form; without "content" it is refused below
+            value = value.get("content", value)
         if value is not None:
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{path}: {field}_token must be a non-empty string, got {value!r}")

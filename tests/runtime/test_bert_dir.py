@@ -204,7 +204,7 @@ def test_unnamed_special_tokens_keep_berts_names(tmp_path):
     assert settings_of(tmp_path).special_tokens == SpecialTokens(cls="<s>")
 
 
-@pytest.mark.parametrize("value", ["", 5, {"content": ""}, ["<unk>"]])
+@pytest.mark.parametrize("value", ["", 5, {"content": ""}, {"lstrip": False}, ["<unk>"]])
 def test_a_special_token_that_is_not_a_name_is_refused(tmp_path, value):
     write_dir(tmp_path, ANGLED, config={"unk_token": value})
     with pytest.raises(ValueError, match="unk_token must be a non-empty string, got"):

@@ -18,7 +18,7 @@ from mner.runtime.pipeline import Pipeline, Post
 from mner.runtime.runners import Runner
 from mner.runtime.splitters import get_splitter
 from mner.runtime.tags import TagScheme, bio_violations
-from mner.runtime.text import SPECIAL_TOKENS, TextEncoder, bert_tokenizer
+from mner.runtime.text import SPECIAL_TOKENS, SpecialTokens, TextEncoder, bert_tokenizer
 from runtime_samples import jpeg, png_header_claiming
 
 
@@ -277,3 +277,19 @@ def test_a_post_whose_splitting_raises_gets_the_error_and_the_others_are_tagged(
     assert results[1].error == "tagging failed: RuntimeError: the splitter broke"
     assert [e.text for e in results[0].entities] == ["Paris", "!"] and results[2].ok
     assert "the splitter broke" in caplog.text
+
+
+def test_a_shorter_window_keeps_the_vocabularys_own_special_tokens():
+    # A BERT directory may name its special pieces otherwise (<pad>, <unk>, <s>, </s>); the
+    # pipeline's max_length override rebuilds the encoder and must keep those names.
+    names = SpecialTokens(pad="<pad>", unk="<unk>", cls="<s>", sep="</s>")
+    vocab = {token: i for i, token in enumerate([*names.names(), *LETTERS, *(f"##{c}" for c in LETTERS)])}
+    encoder = TextEncoder(bert_tokenizer(vocab, special_tokens=names), {}, max_length=64, special_tokens=names)
+    pipeline = fake_pipeline(favour="B-PER", max_length=8)
+    pipeline = Pipeline(encoder=encoder, scheme=pipeline.scheme, crf=pipeline.crf, object_settings={"score_threshold": 0.5,
+                        "iou_threshold": 0.5, "max_objects": 5}, detector_size=64, tagger=pipeline.tagger,
+                        max_length=8)  # fmt: skip
+    assert pipeline.encoder.max_length == 8
+    assert pipeline.encoder.special_tokens == names
+    assert (pipeline.encoder.cls_id, pipeline.encoder.sep_id) == (vocab["<s>"], vocab["</s>"])
+    assert [e.type for e in pipeline.tag(["a b c d e f g h i j"])[0].entities] == ["PER"] * 10
