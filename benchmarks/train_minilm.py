@@ -654,7 +654,7 @@ def _targets_lines(report: dict[str, Any]) -> list[str]:
         time_verdict = f"met, {_duration(spare)} to spare" if minutes["met"] else f"**missed**, by {_duration(-spare)}"
     return [
         "",
-        "## Targets (issue 14)",
+        "## Targets",
         "",
         "| target | required | measured | |",
         "|---|---:|---:|---|",
