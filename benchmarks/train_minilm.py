@@ -438,6 +438,7 @@ def run(data: Path, runs: Path, pretrained: Pretrained, recipe: Recipe, variants
     results = {name: run_variant(data, runs, pretrained, recipe, VARIANTS[name]) for name in dict.fromkeys(variants)}
     posts = count_posts(data)
     shown = Paths(pretrained, for_report=True)
+    machine = machine_facts()  # reads /proc/cpuinfo, runs nvidia-smi, imports package metadata: once, not per field
     return {
         "written": datetime.now(timezone.utc).isoformat(timespec="minutes"),
         "data": shown(data),
@@ -447,7 +448,7 @@ def run(data: Path, runs: Path, pretrained: Pretrained, recipe: Recipe, variants
         "pretrained": {"bert": shown(pretrained.bert), "word_vectors": shown(pretrained.word_vectors),
                        "word_list": shown(pretrained.word_list) if pretrained.word_list else None,
                        "from_packages": sorted(pretrained.labels.values())},  # fmt: skip
-        "machine": {key: machine_facts()[key] for key in ("cpu", "logical_cores", "usable_cores", "memory_gib", "os")},
+        "machine": {key: machine[key] for key in ("cpu", "logical_cores", "usable_cores", "memory_gib", "os")},
         "variants": results,
         "targets": targets(results),
         "calibration": CALIBRATION,

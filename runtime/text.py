@@ -164,8 +164,7 @@ class TextEncoder:
         An uncased tokenizer also strips accents, so a word of combining marks alone is
         emptied too; such a word is encoded as [UNK] (see the module docstring).
         """
-        normalized = self.tokenizer.normalizer.normalize_str(word)
-        return not self.tokenizer.pre_tokenizer.pre_tokenize_str(normalized)
+        return _empties(self.tokenizer, word)
 
     def encode(self, words: Sequence[str]) -> EncodedText:
         """Encode one post's words (truncated to max_length pieces like the reference)."""
@@ -414,8 +413,12 @@ def bert_cleaning_empties(word: str) -> bool:
     Asked of the normalizer and pre-tokenizer ``bert_tokenizer`` builds, so the answer is
     the encoder's own: such a word gets no word-piece and is encoded as [UNK].
     """
-    cleaning = _bert_cleaning()
-    return not cleaning.pre_tokenizer.pre_tokenize_str(cleaning.normalizer.normalize_str(word))
+    return _empties(_bert_cleaning(), word)
+
+
+def _empties(tokenizer: Tokenizer, word: str) -> bool:
+    """Whether `tokenizer`'s normalizer and pre-tokenizer leave nothing of `word`."""
+    return not tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(word))
 
 
 @functools.cache
