@@ -63,6 +63,7 @@ from typing import Any, Generator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from mner.runtime.batching import PaddingCount
 from mner.runtime.bundle import Bundle
 from mner.runtime.coco import class_name, select_objects
 from mner.runtime.decode import CRFParameters, decode_words
@@ -253,6 +254,8 @@ class Pipeline:
         self._num_objects = int(inputs["object_ids"].shape[1])
         self._pool: ThreadPoolExecutor | None = None
         self.clock: StageClock | None = None
+        # Set to a batching.PaddingCount to count the real and padded word-pieces of every tagger call.
+        self.padding: PaddingCount | None = None
         try:
             for runner in self.runners:
                 runner.activate()
@@ -621,6 +624,8 @@ class Pipeline:
                     "input_ids": arrays["input_ids"], "attention_mask": arrays["attention_mask"], "aug_ids": arrays["aug_ids"],
                     "grid": chunk_grid, "image_mask": image_mask, "object_ids": chunk_objects,
                 })["emissions"]  # fmt: skip  # (B, L, T)
+            if self.padding is not None:
+                self.padding.add(arrays["attention_mask"])
             with self._step("decode"):
                 tags, scores = self._decode(emissions, batch["lengths"], arrays["roles"])
             for r, row in enumerate(chunk):
