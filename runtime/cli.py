@@ -40,6 +40,7 @@ from mner.runtime.serve_limits import ServeConfig
 BACKENDS = ("ort", "trt", "torch")
 BAD_IMAGE_POLICIES = ("error", "text-only")
 DEFAULT_BATCH_SIZE = 16
+DEFAULT_SORT_WINDOW = 1024  # runtime.batching's (a test keeps them equal)
 MAX_TEXT_CHARS = ServeConfig.max_text_chars  # mner-serve's limits (serve_limits imports the standard library only)
 MAX_LINE_BYTES = ServeConfig.max_body_bytes
 
@@ -102,6 +103,10 @@ and gets no .meta.json; the summary and progress go to stderr.
                help="ort only: which graphs of the bundle to run.")
 @clikit.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE,
                help="Posts per batch; each batch is written (and fsynced) as one.")
+@clikit.option("--sort-window", type=click.IntRange(min=1), default=DEFAULT_SORT_WINDOW,
+               help="Tag the posts of each run of this many input lines in order of their word-pieces (less "
+                    "padding; records are still written in input order, as soon as every line before has its "
+                    "record, so a kill costs at most one window's tagging). 1: input order.")  # fmt: skip
 @clikit.option("--threads", type=click.IntRange(min=1),
                help="ort only: ONNX Runtime's intra-op threads per graph. Default: its own (one per core).")
 @clikit.option("--on-bad-image", type=click.Choice(BAD_IMAGE_POLICIES),
@@ -125,7 +130,7 @@ and gets no .meta.json; the summary and progress go to stderr.
                help="Trust the bundle: check its files' sizes but do not hash them (faster start-up).")
 @clikit.progress_option()
 @clikit.verbose_option()
-def tag_command(bundle, input_path, conll_path, output, images, backend, device, precision, batch_size, threads,
+def tag_command(bundle, input_path, conll_path, output, images, backend, device, precision, batch_size, sort_window, threads,
                 on_bad_image, with_text, checkpoint, resnet_weights, detector_weights, metrics_path, max_text_chars,
                 max_line_bytes, no_verify, progress, verbose) -> None:  # fmt: skip
     """Tag posts with an exported bundle: entities with character offsets, one JSONL record per input line."""
@@ -144,6 +149,7 @@ def tag_command(bundle, input_path, conll_path, output, images, backend, device,
     from mner.runtime.conll import format_report  # noqa: PLC0415 -- the pipeline's imports wait until a run
     from mner.runtime.pipeline import Pipeline  # noqa: PLC0415
     from mner.runtime.bundle import manifest_sha256  # noqa: PLC0415
+    from mner.runtime.batching import PaddingCount  # noqa: PLC0415
     from mner.runtime.tagfile import OutputClosed, Provenance, tag_conll, tag_jsonl  # noqa: PLC0415
 
     sink = click.open_file(STDIO, "wb") if to_stdout else output
@@ -161,17 +167,20 @@ def tag_command(bundle, input_path, conll_path, output, images, backend, device,
                            "max_text_chars": max_text_chars}  # fmt: skip
                 if input_path is not None:
                     options["max_line_bytes"] = max_line_bytes
-                details = {"device": device or "cpu", "batch_size": batch_size, "mner_version": _version(),
+                details = {"device": device or "cpu", "batch_size": batch_size, "sort_window": sort_window,
+                           "mner_version": _version(),
                            "input": str(input_path or conll_path), "images": None if images is None else str(images),
                            "started": _now()}  # fmt: skip
                 provenance = Provenance(manifest_sha256(bundle), options, os.path.abspath(bundle), details)
             common = {"images": images, "progress": progress, "max_text_chars": max_text_chars, "with_text": with_text,
-                      "provenance": provenance}  # fmt: skip
+                      "provenance": provenance, "sort_window": sort_window}  # fmt: skip
+            pipeline.padding = PaddingCount()  # for the summary line
             if input_path is not None:
                 source = click.open_file(STDIO, "rb") if str(input_path) == STDIO else input_path
                 summary = tag_jsonl(pipeline, input=source, output=sink, max_line_bytes=max_line_bytes, **common)
             else:
                 summary = tag_conll(pipeline, conll=conll_path, output=sink, **common)
+            summary.padding = pipeline.padding
     except OutputClosed as error:
         _silence_stdout()
         raise click.ClickException(str(error)) from error

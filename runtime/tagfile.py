@@ -29,17 +29,28 @@ is written with JSON's ASCII escapes, the one form it has. Should tagging fail f
 post of a batch, that is not one post's problem: the run stops (exit 1) with nothing of
 that batch written, and a rerun resumes there.
 
+Less padding (``sort_window``, mner-tag's ``--sort-window``, default 1,024 there): the tagger
+pads each call to its longest window, so the posts of each window of ``sort_window`` input
+lines are tagged in order of their word-pieces (those without a picture first;
+``runtime.batching``), in batches cut from that order, and their records are still written
+in input order: after each batch, as far as every line before has its record. A window
+also ends once its pictures hold ``batching.PICTURE_BYTES_PER_WINDOW`` bytes. A window of
+one batch or less keeps input order (so does ``sort_window`` 1, the library's default): the
+pipeline orders a batch's windows itself. Records are the same in either order.
+
 Pictures are read only from regular files under --images (default: the input file's
 directory): a path is resolved, ``..`` and symlinks included, and one that leads outside
 is refused by that rule, whether or not the file exists; an error never quotes a file's
 bytes. ``image`` is always a path, never guessed to be base64: inline pictures go in
 ``image_base64``, as in mner-serve's API.
 
-Resuming: records are appended in batches, each followed by fsync. Run again with the
-same --output and every input line that already has a record is skipped (by its id; by
-its line number for lines without a usable id, and for repeated ids). A record cut off by
-a kill (the file's last line without its newline) is removed first, so a killed run
-followed by a re-run gives exactly one record per input line. Should a write fail (a full
+Resuming: records are appended in batches, each followed by fsync, always in input order
+(ordering by length included: a line's record is written once every line before it has
+its own, so a kill mid-window leaves no hole, and loses at most the window's tagging not
+yet written). Run again with the same --output and every input line that already has a
+record is skipped (by its id; by its line number for lines without a usable id, and for
+repeated ids). A record cut off by a kill (the file's last line without its newline) is
+removed first, so a killed run followed by a re-run gives exactly one record per input line. Should a write fail (a full
 disk, a read-only folder), the batch is cut off the file again, the run stops with one
 line naming the file and the OS error, and a rerun resumes there. --output may not be the
 --input file (by any name: links are followed).
@@ -75,6 +86,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Mapping
 
 from mner.runtime import jsonlimits
+from mner.runtime.batching import PICTURE_BYTES_PER_WINDOW, PaddingCount, length_order, padded_pieces, post_windows, sort_key, text_windows
 from mner.runtime.conll import check_entity_types, evaluate_entities, read_conll
 from mner.runtime.files import write_atomically
 from mner.runtime.image import ImageError, read_header
@@ -119,6 +131,8 @@ class TagSummary:
     metrics: dict | None = None  # --conll: evaluate_entities over every post
     unit: str = "lines"  # what `lines` counts: input lines, or CoNLL posts
     earlier_errors: int = 0  # error records an earlier run left in the output
+    padding: PaddingCount | None = None  # the tagger's word-pieces in this run, real and padded (Pipeline.padding)
+    unsorted_padding: int = 0  # padded pieces that ordering by length saved (exactly, by batching.padded_pieces)
 
     @property
     def error_records(self) -> int:
@@ -131,6 +145,10 @@ class TagSummary:
         text = (f"{self.lines} {self.unit} -> {output}: {self.tagged} tagged ({self.entities} entities), "
                 f"{sum(self.errors.values())} errors, {self.skipped} already done{earlier}; {self.seconds:.1f} s, "
                 f"{rate:.1f} posts/s")  # fmt: skip
+        if self.padding is not None and self.padding.ratio is not None:
+            text += f"; tagger pieces {100 * self.padding.ratio:.1f} % real"
+            if self.unsorted_padding:
+                text += f" ({100 * self.padding.real / (self.padding.padded + self.unsorted_padding):.1f} % in input order)"
         if self.errors:
             text += "\nerrors: " + ", ".join(f"{kind} {count}" for kind, count in self.errors.most_common())
         return text
@@ -190,6 +208,7 @@ def tag_jsonl(
     max_line_bytes: int = MAX_LINE_BYTES,
     with_text: bool = False,
     provenance: Provenance | None = None,
+    sort_window: int = 1,
 ) -> TagSummary:
     """Tag every line of ``input`` into ``output`` (resuming it where it exists); see the module docstring.
 
@@ -198,8 +217,10 @@ def tag_jsonl(
     (nothing resumed, no sidecar). ``with_text``: each record carries the post's text as "text".
     ``provenance``: checked against the output's sidecar (a resume by another bundle or with
     other options is refused) and written there; None: no sidecar is read or written.
+    ``sort_window``: posts ordered by length together before batches are cut (see the module
+    docstring); 1, or at most the pipeline's batch size, keeps input order.
     """
-    _check_limits(max_text_chars=max_text_chars, max_line_bytes=max_line_bytes)
+    _check_limits(max_text_chars=max_text_chars, max_line_bytes=max_line_bytes, sort_window=sort_window)
     streamed = not isinstance(input, (str, os.PathLike))
     if not streamed:
         input = Path(input)
@@ -215,7 +236,7 @@ def tag_jsonl(
         stack.enter_context(sink)
         total = None if streamed else _count_lines(input)
         entries = _jsonl_entries(lines, limits, done.ids, done.lines)
-        summary = _run(pipeline, entries, sink, total, progress, with_text=with_text)
+        summary = _run(pipeline, entries, sink, total, progress, with_text=with_text, sort_window=sort_window)
     summary.earlier_errors = done.errors
     return summary
 
@@ -230,6 +251,7 @@ def tag_conll(
     max_text_chars: int = MAX_TEXT_CHARS,
     with_text: bool = False,
     provenance: Provenance | None = None,
+    sort_window: int = 1,
 ) -> TagSummary:
     """Tag every post of a CoNLL + IMGID file (pictures ``<images>/<IMGID>.jpg``) and score the tags.
 
@@ -239,10 +261,10 @@ def tag_conll(
     counts as predicting no entity). Data whose tags name an entity type the bundle does
     not know is refused before anything is tagged (it would score 0 for that type).
     Pictures are read as for JSONL: only files under ``images`` (an IMGID such as
-    ``../x`` is refused by that rule). ``output`` and ``provenance`` as for ``tag_jsonl``.
+    ``../x`` is refused by that rule). ``output``, ``provenance`` and ``sort_window`` as for ``tag_jsonl``.
     """
     conll = Path(conll)
-    _check_limits(max_text_chars=max_text_chars)
+    _check_limits(max_text_chars=max_text_chars, sort_window=sort_window)
     if not conll.is_file():
         raise ValueError(f"--conll {conll}: no such file")
     if images is not None and not Path(images).is_dir():
@@ -282,7 +304,7 @@ def tag_conll(
     sink, done = _claim_output(output, conll, "--conll", provenance, MAX_LINE_BYTES)
     with sink:
         summary = _run(pipeline, entries(done.ids), sink, len(posts), progress, unit="posts", with_text=with_text,
-                       written_tags=written_tags)  # fmt: skip
+                       written_tags=written_tags, sort_window=sort_window)  # fmt: skip
     summary.earlier_errors = done.errors
     if written_tags is None:  # a file: the tags of earlier runs are in it too
         written_tags = {r["id"]: r["tags"] for r in _records(Path(output), MAX_LINE_BYTES) if "tags" in r}
@@ -416,12 +438,17 @@ def _write_sidecar(output: Path, provenance: Provenance) -> None:
 
 
 def _run(pipeline: Pipeline, entries, sink: _Sink | _StreamSink, total: int | None, progress: bool | None,
-         unit: str = "lines", with_text: bool = False, written_tags: dict | None = None) -> TagSummary:  # fmt: skip
+         unit: str = "lines", with_text: bool = False, written_tags: dict | None = None,
+         sort_window: int = 1) -> TagSummary:  # fmt: skip
+    """Tag ``entries`` window by window: a window is ``sort_window`` entries (at least a batch; fewer where
+    their pictures reach PICTURE_BYTES_PER_WINDOW), tagged in batches and written in input order."""
     summary = TagSummary(lines=total, unit=unit)
     started = time.perf_counter()
     read = 0
+    size = max(sort_window, pipeline.batch_size)
     with progress_bar(total=total, desc="mner-tag", unit=unit[:-1], enabled=progress) as bar:
-        pending: list[_Entry] = []
+        window: list[_Entry] = []
+        held = 0  # bytes of the window's pictures
         for entry in entries:
             if isinstance(entry, int):  # lines skipped because the output has them
                 summary.skipped += entry
@@ -429,18 +456,64 @@ def _run(pipeline: Pipeline, entries, sink: _Sink | _StreamSink, total: int | No
                 bar.update(entry)
                 continue
             read += 1
-            pending.append(entry)
-            if len(pending) >= pipeline.batch_size:
-                _flush(pipeline, pending, sink, summary, with_text, written_tags)
-                bar.update(len(pending))
-                pending = []
-        if pending:
-            _flush(pipeline, pending, sink, summary, with_text, written_tags)
-            bar.update(len(pending))
+            window.append(entry)
+            held += len(entry.post.image) if entry.post is not None and entry.post.image is not None else 0
+            if len(window) >= size or held >= PICTURE_BYTES_PER_WINDOW:
+                _tag_window(pipeline, window, sink, summary, bar, with_text, written_tags)
+                window, held = [], 0
+        if window:
+            _tag_window(pipeline, window, sink, summary, bar, with_text, written_tags)
     if summary.lines is None:  # stdin: known once read
         summary.lines = read
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _tag_window(pipeline: Pipeline, window: list[_Entry], sink: _Sink | _StreamSink, summary: TagSummary, bar,
+                with_text: bool, written_tags: dict | None) -> None:  # fmt: skip
+    """Tag the window's posts in batches, ordered by length where they make more than one batch, and after
+    each batch append the records of the window's longest prefix that has them all: the output holds
+    whole records in input order only, so a kill or a failure anywhere leaves no hole for a rerun."""
+    to_tag = [entry for entry in window if entry.record is None]
+    bar.update(len(window) - len(to_tag))  # error records decided while reading
+    if len(to_tag) > pipeline.batch_size:
+        windows = [_post_windows(pipeline, entry) for entry in to_tag]
+        order = length_order([sort_key(w, entry.post.image is not None) for w, entry in zip(windows, to_tag)],
+                             len(to_tag))  # fmt: skip
+        summary.unsorted_padding += _padding_saved(pipeline, windows, order)
+        to_tag = [to_tag[i] for i in order]
+    written = 0
+    for start in range(0, len(to_tag), pipeline.batch_size):
+        batch = to_tag[start : start + pipeline.batch_size]
+        try:
+            _tag(pipeline, batch)
+        finally:  # also where the batch failed as a whole: what is complete before it is kept
+            written = _append_done(window, written, sink, summary, with_text, written_tags)
+        bar.update(len(batch))
+    written = _append_done(window, written, sink, summary, with_text, written_tags)
+    assert written == len(window), "every entry of a window has its record once it is tagged"
+
+
+def _post_windows(pipeline: Pipeline, entry: _Entry) -> list[int]:
+    """The entry's tagger windows (their lengths), which order a window's posts."""
+    try:
+        return post_windows(pipeline, entry.words) if entry.words is not None else text_windows(pipeline, entry.post.text)
+    except Exception:  # noqa: BLE001 -- only the order depends on it; tagging the post gives it its own error
+        logger.debug("line %d: its word-pieces could not be counted; it is ordered as if it had none", entry.line,
+                     exc_info=True)  # fmt: skip
+        return []
+
+
+def _padding_saved(pipeline: Pipeline, windows: list[list[int]], order: list[int]) -> int:
+    """Padded pieces that tagging the posts in ``order`` saves over input order (batching.padded_pieces)."""
+    most = min(pipeline.batch_size, pipeline.tagger.axis_bounds("batch")[1])
+    min_sequence = pipeline.tagger.axis_bounds("sequence")[0]
+
+    def padded(posts: list[list[int]]) -> int:
+        batches = [posts[i : i + pipeline.batch_size] for i in range(0, len(posts), pipeline.batch_size)]
+        return padded_pieces(batches, most, min_sequence, pipeline.chunk_pieces).padded
+
+    return padded(windows) - padded([windows[i] for i in order])
 
 
 class _Sink:
@@ -518,28 +591,37 @@ def _os_error(error: OSError) -> str:
     return f"{error.strerror or error} ({code})" if code else f"{error.strerror or error}"
 
 
-def _flush(pipeline: Pipeline, entries: list[_Entry], sink: _Sink | _StreamSink, summary: TagSummary,
-           with_text: bool = False, written_tags: dict | None = None) -> None:  # fmt: skip
-    """Tag the batch's posts and append every entry's record (written and fsynced as one)."""
-    to_tag = [e for e in entries if e.record is None]
-    if to_tag and to_tag[0].words is not None:
-        results = pipeline.tag_words([e.words for e in to_tag], [e.post.image for e in to_tag])
+def _tag(pipeline: Pipeline, entries: list[_Entry]) -> None:
+    """Tag a batch's posts: each entry gets its record (nothing is written here)."""
+    if entries and entries[0].words is not None:
+        results = pipeline.tag_words([e.words for e in entries], [e.post.image for e in entries])
     else:
-        results = pipeline.tag([e.post for e in to_tag])
+        results = pipeline.tag([e.post for e in entries])
     failed = [result.error for result in results if not result.ok and result.error.startswith(TAGGING_FAILED)]
-    if len(to_tag) > 1 and len(failed) == len(to_tag):
+    if len(entries) > 1 and len(failed) == len(entries):
         # Not one post's problem (a runner that died, a device lost): error records would mark every line
         # done for good, so stop with nothing of this batch written; a rerun resumes here.
-        raise PipelineFailed(f"the pipeline failed on every one of {len(to_tag)} posts in a batch ({failed[0]}); "
+        raise PipelineFailed(f"the pipeline failed on every one of {len(entries)} posts in a batch ({failed[0]}); "
                              "nothing of this batch was written: fix the cause and run again to resume")  # fmt: skip
-    for entry, result in zip(to_tag, results):
+    for entry, result in zip(entries, results):
         entry.record = result_record(result, with_tags=entry.words is not None)
         if not result.ok:
             entry.kind = "image" if result.error.startswith("image:") else "text"
+
+
+def _append_done(window: list[_Entry], written: int, sink: _Sink | _StreamSink, summary: TagSummary,
+                 with_text: bool = False, written_tags: dict | None = None) -> int:  # fmt: skip
+    """Append the records of ``window[written:]`` up to the first entry without one (written and fsynced
+    as one); returns how many of the window are written now."""
+    end = written
+    while end < len(window) and window[end].record is not None:
+        end += 1
+    if end == written:
+        return written
     lines = []
     counts = Counter()
     tagged = entities = 0
-    for entry in entries:
+    for entry in window[written:end]:
         text = {"text": entry.text} if with_text and entry.text is not None else {}
         record = {"id": entry.id, "line": entry.line, **text, **entry.extra, **entry.record}
         if "error" in record:
@@ -555,6 +637,7 @@ def _flush(pipeline: Pipeline, entries: list[_Entry], sink: _Sink | _StreamSink,
     summary.errors.update(counts)  # counted once written: a failed write leaves the summary as the file
     summary.tagged += tagged
     summary.entities += entities
+    return end
 
 
 def record_line(record: dict[str, Any]) -> bytes:
