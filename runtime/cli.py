@@ -102,7 +102,7 @@ and gets no .meta.json; the summary and progress go to stderr.
 @clikit.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
                help="ort only: which graphs of the bundle to run.")
 @clikit.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE,
-               help="Posts per batch; each batch is written (and fsynced) as one.")
+               help="Posts per batch; records are appended (and fsynced) after each batch.")
 @clikit.option("--sort-window", type=click.IntRange(min=1), default=DEFAULT_SORT_WINDOW,
                help="Tag the posts of each run of this many input lines in order of their word-pieces (less "
                     "padding; records are still written in input order, as soon as every line before has its "
