@@ -161,8 +161,9 @@ def open_pipeline(bundle: Path, spec: BackendSpec, *, checkpoint: Path | None, d
 
             torch.set_num_threads(threads)
         options = {"checkpoint": checkpoint, "resnet_weights": resnet_weights, "detector_weights": detector_weights}
+    # No picture cache: every pass repeats the same pictures, and the bench times the stages, not look-ups.
     pipeline = Pipeline.from_bundle(bundle, backend=spec.engine, device=None if spec.engine == "trt" else device,
-                                    verify=verify, **options)  # fmt: skip
+                                    verify=verify, picture_cache_bytes=0, **options)  # fmt: skip
     if spec.engine == "torch" and spec.precision == "fp16":
         for runner in pipeline.runners:
             runner.module = _half_module(runner.module).to(device).eval()

@@ -43,6 +43,7 @@ DEFAULT_BATCH_SIZE = 16
 DEFAULT_SORT_WINDOW = 1024  # runtime.batching's (a test keeps them equal)
 MAX_TEXT_CHARS = ServeConfig.max_text_chars  # mner-serve's limits (serve_limits imports the standard library only)
 MAX_LINE_BYTES = ServeConfig.max_body_bytes
+PICTURE_CACHE_MIB = 64  # runtime.picture_cache.DEFAULT_PICTURE_CACHE_BYTES in MiB (a test keeps them equal)
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # click.ClickException's status
@@ -128,11 +129,15 @@ and gets no .meta.json; the summary and progress go to stderr.
                help="--input: a longer line gets an error record and is skipped unread (mner-serve's body limit).")
 @clikit.option("--no-verify", is_flag=True,
                help="Trust the bundle: check its files' sizes but do not hash them (faster start-up).")
+@clikit.option("--picture-cache-mib", type=click.IntRange(min=0), default=PICTURE_CACHE_MIB,
+               help="Memory for the features of pictures seen before (keyed by the bytes' SHA-256): a repeated "
+                    "picture (a retweet) is neither decoded nor run through detector and vision; 0: off. The "
+                    "summary says its hits and misses.")  # fmt: skip
 @clikit.progress_option()
 @clikit.verbose_option()
 def tag_command(bundle, input_path, conll_path, output, images, backend, device, precision, batch_size, sort_window, threads,
                 on_bad_image, with_text, checkpoint, resnet_weights, detector_weights, metrics_path, max_text_chars,
-                max_line_bytes, no_verify, progress, verbose) -> None:  # fmt: skip
+                max_line_bytes, no_verify, picture_cache_mib, progress, verbose) -> None:  # fmt: skip
     """Tag posts with an exported bundle: entities with character offsets, one JSONL record per input line."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if progress is not False:  # on a non-terminal, progress is an INFO line of mner.progress every few seconds
@@ -157,7 +162,7 @@ def tag_command(bundle, input_path, conll_path, output, images, backend, device,
         pipeline = Pipeline.from_bundle(
             bundle, backend=backend, device=device, precision=precision, checkpoint=checkpoint,
             resnet_weights=resnet_weights, detector_weights=detector_weights, threads=threads, verify=not no_verify,
-            batch_size=batch_size, on_bad_image=on_bad_image,
+            batch_size=batch_size, on_bad_image=on_bad_image, picture_cache_bytes=picture_cache_mib << 20,
         )  # fmt: skip
         with pipeline:
             provenance = None
@@ -189,6 +194,12 @@ def tag_command(bundle, input_path, conll_path, output, images, backend, device,
     except OSError as error:  # reading --input or --conll failed (a disk error): one line, not a traceback
         raise click.ClickException(f"{error.filename or 'a file'}: {error.strerror or error}") from error
     click.echo(summary.format("<stdout>" if to_stdout else output), err=True)
+    picture_cache = getattr(pipeline, "picture_cache", None)  # None: no picture stages or --picture-cache-mib 0
+    cache = picture_cache.stats() if picture_cache is not None else None
+    if cache is not None and cache.hits + cache.misses:
+        from mner.runtime.picture_cache import format_stats  # noqa: PLC0415
+
+        click.echo(format_stats(cache), err=True)
     if summary.metrics is not None:
         click.echo(format_report(summary.metrics), err=to_stdout)  # stdout holds records only
         if metrics_path is not None:

@@ -8,7 +8,10 @@ For each batch of posts:
 
 1. the pictures are decoded once and resized twice (``runtime.image``); the detector
    and the vision stage then run concurrently in two threads, and the host keeps the
-   best objects (``runtime.coco.select_objects``, with the bundle's settings);
+   best objects (``runtime.coco.select_objects``, with the bundle's settings). A picture seen
+   before (the same bytes: a retweet) is neither decoded nor run: its grid and object ids come
+   from the picture cache (``runtime.picture_cache``: an LRU of ``picture_cache_bytes``, 64 MiB by
+   default, 0 for none), and copies of one picture within a batch are decoded and run once;
 2. meanwhile the texts are split into words (with character offsets into the text as
    sent) by the bundle's splitter (``runtime.splitters``: ``tweet`` for models trained on
    TWITTER-format data, which splits ``#Toronto!`` into ``#`` ``Toronto`` ``!`` as the
@@ -68,6 +71,7 @@ from mner.runtime.bundle import Bundle
 from mner.runtime.coco import class_name, select_objects
 from mner.runtime.decode import CRFParameters, decode_words
 from mner.runtime.image import MAX_PIXELS, preprocess_images
+from mner.runtime.picture_cache import DEFAULT_PICTURE_CACHE_BYTES, PictureCache, PictureFeatures, picture_key
 from mner.runtime.runners import BACKENDS, OrtRunner, Runner, TrtRunner, tensorrt_machine, torch_runners
 from mner.runtime.spans import Entity, entities_from_words
 from mner.runtime.tags import TagScheme, repair_bio
@@ -94,11 +98,14 @@ class TextCost(NamedTuple):
 
 class PreparedImage(NamedTuple):
     """A picture decoded and resized ahead of tagging (``Pipeline.prepare_image``, on another thread
-    than the pipeline's), or why it cannot be used; a ``Post`` may carry it instead of bytes."""
+    than the pipeline's), or why it cannot be used; a ``Post`` may carry it instead of bytes. Where the
+    pipeline has a picture cache: the picture's key and, if the cache had it, its features (not decoded)."""
 
     vision: np.ndarray | None  # (3, 224, 224) float32
     detector: np.ndarray | None  # (3, S, S) float32
     error: str | None = None
+    key: bytes | None = None  # picture_cache.picture_key of its bytes: its features are remembered once computed
+    features: PictureFeatures | None = None  # from the cache: no decode and no stages for this picture
 
 
 @dataclass(frozen=True)
@@ -210,6 +217,7 @@ class Pipeline:
         max_length: int | None = None,
         splitter: str = DEFAULT_SPLITTER,
         chunk_pieces: int | None = None,
+        picture_cache_bytes: int = DEFAULT_PICTURE_CACHE_BYTES,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -217,6 +225,8 @@ class Pipeline:
             raise ValueError(f"chunk_pieces must be a positive int or None, got {chunk_pieces!r}")
         if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
             raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
+        if isinstance(picture_cache_bytes, bool) or not isinstance(picture_cache_bytes, int) or picture_cache_bytes < 0:
+            raise ValueError(f"picture_cache_bytes must be an int >= 0 (0: no cache), got {picture_cache_bytes!r}")
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
         if (detector is None) != (vision is None):
@@ -248,6 +258,8 @@ class Pipeline:
         # windows: a bound on one call's (one tag_steps step's) cost, which mner-serve sets; None: no bound.
         self.chunk_pieces = chunk_pieces
         self.on_bad_image = on_bad_image
+        # A repeated picture's grid and object ids (runtime.picture_cache); None: no cache, or no picture stages.
+        self.picture_cache = PictureCache(picture_cache_bytes) if picture_cache_bytes and detector is not None else None
         inputs = {t.name: t for t in tagger.stage.inputs}
         self._grid_dim = int(inputs["grid"].shape[2])
         self._grid_cells = grid_cell_bounds(tagger)  # a batch without pictures gets the fewest
@@ -284,9 +296,9 @@ class Pipeline:
         "fp16"), "trt" (the bundle's TensorRT engines for this GPU and TensorRT version)
         or "torch" (the PyTorch reference, rebuilt from ``checkpoint`` and the vision /
         detector weights the bundle was exported from). ``options`` go to the constructor
-        (batch_size, on_bad_image, max_length, chunk_pieces, max_pixels, which defaults to the
-        bundle's, and splitter, which defaults to the one the bundle names: how the model's
-        training text was split).
+        (batch_size, on_bad_image, max_length, chunk_pieces, picture_cache_bytes, max_pixels, which
+        defaults to the bundle's, and splitter, which defaults to the one the bundle names: how the
+        model's training text was split).
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -517,7 +529,9 @@ class Pipeline:
 
     def _start_images(self, items: list[_Item]):
         """Decode the pictures and start detector and vision in two threads; returns a function
-        that waits for them, giving (grid (n, 49, 2048), object ids (n, K)) by image row."""
+        that waits for them, giving (grid (n, 49, 2048), object ids (n, K)) by image row. With the
+        picture cache, a picture it holds is neither decoded nor run, and copies of one picture in
+        the batch share a row (decoded and run once); the rows computed are remembered once done."""
         with_image = [item for item in items if item.image is not None]
         if with_image and not self.has_images:
             for item in with_image:
@@ -528,41 +542,81 @@ class Pipeline:
             return None
         with self._step("images"):
             decoded = iter(self._prepare([item.image for item in with_image if not isinstance(item.image, PreparedImage)]))
-        pictures = [item.image if isinstance(item.image, PreparedImage) else next(decoded) for item in with_image]
-        rows = []
+            pictures = [item.image if isinstance(item.image, PreparedImage) else next(decoded) for item in with_image]
+        rows: list[PictureFeatures | int] = []  # by image row: the cached features, or the row's index in `computed`
+        computed: list[PreparedImage] = []  # pictures to run through the stages
+        row_of: dict[bytes, int] = {}  # picture key -> image row, within this batch
         for item, picture in zip(with_image, pictures):
             if picture.error is not None:
                 self._image_problem(item, picture.error)
+            elif picture.key is not None and picture.key in row_of:
+                item.image_row = row_of[picture.key]
             else:
                 item.image_row = len(rows)
-                rows.append(picture)
+                if picture.key is not None:
+                    row_of[picture.key] = item.image_row
+                rows.append(picture.features if picture.features is not None else len(computed))
+                if picture.features is None:
+                    computed.append(picture)
         if not rows:
             return None
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mner-image")
-        vision = self._pool.submit(self._chunked, self.vision, "images", np.stack([p.vision for p in rows]))
-        detector = self._pool.submit(self._chunked, self.detector, "images", np.stack([p.detector for p in rows]))
+        if computed:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mner-image")
+            vision = self._pool.submit(self._chunked, self.vision, "images", np.stack([p.vision for p in computed]))
+            detector = self._pool.submit(self._chunked, self.detector, "images", np.stack([p.detector for p in computed]))
 
         def wait() -> tuple[np.ndarray, np.ndarray]:
-            grid = vision.result()["grid"]
-            candidates = detector.result()
-            object_ids = select_objects(candidates["scores"], candidates["labels"], candidates["boxes"], **self.object_settings)
-            return grid, object_ids
+            if computed:
+                grid = vision.result()["grid"]  # (len(computed), 49, 2048)
+                candidates = detector.result()
+                object_ids = select_objects(candidates["scores"], candidates["labels"], candidates["boxes"],
+                                            **self.object_settings)  # fmt: skip
+                if self.picture_cache is not None:
+                    for k, picture in enumerate(computed):
+                        if picture.key is not None:
+                            self.picture_cache.put(picture.key, PictureFeatures(grid[k], object_ids[k]))
+                if len(computed) == len(rows):  # nothing from the cache, no copies: the rows are the computed ones
+                    return grid, object_ids
+            by_row = [row if isinstance(row, PictureFeatures) else PictureFeatures(grid[row], object_ids[row])
+                      for row in rows]  # fmt: skip
+            return np.stack([f.grid for f in by_row]), np.stack([f.object_ids for f in by_row])
 
         return wait
 
     def prepare_image(self, data: bytes) -> PreparedImage:
         """Decode and resize a picture as tagging would, for a ``Post`` to carry instead of its bytes:
         mner-serve decodes on another thread than the pipeline's, so one large picture does not hold the
-        tagger. Safe from any thread (it uses no runner). A picture that cannot be used gives its error."""
+        tagger. Safe from any thread (it uses no runner). A picture that cannot be used gives its error;
+        a picture the cache holds is not decoded: it comes with its features."""
         if not self.has_images:
             return PreparedImage(None, None, "this bundle has no detector and vision stages (it was exported for text "
                                              "only), so it cannot use pictures")  # fmt: skip
         return self._prepare([bytes(data)])[0]
 
     def _prepare(self, images: list[bytes]) -> list[PreparedImage]:
+        """Decode and resize each picture. With the cache: each is looked up by its key first (a hit brings its
+        features or its error, and is not decoded), a picture repeated in ``images`` is decoded once, and a
+        picture that cannot be used is remembered with its error."""
         if not images:
             return []
+        cache = self.picture_cache
+        if cache is None:
+            return self._decode_images(images)
+        keys = [picture_key(data) for data in images]
+        found: dict[bytes, PreparedImage] = {}
+        for key in keys:
+            features = cache.get(key)  # each picture counts as a hit or a miss, copies within ``images`` too
+            if features is not None and key not in found:
+                found[key] = PreparedImage(None, None, features.error, key, features if features.error is None else None)
+        todo = {key: data for key, data in zip(keys, images) if key not in found}  # one per distinct picture
+        for (key, data), picture in zip(todo.items(), self._decode_images(list(todo.values()))):
+            found[key] = picture._replace(key=key)
+            if picture.error is not None:  # a function of the bytes (and of max_pixels, fixed per pipeline)
+                cache.put(key, PictureFeatures(None, None, picture.error))
+        return [found[key] for key in keys]
+
+    def _decode_images(self, images: list[bytes]) -> list[PreparedImage]:
         batch = preprocess_images(images, detector_size=self.detector_size, max_pixels=self.max_pixels)
         return [PreparedImage(batch.vision[i], batch.detector[i], batch.errors[i]) if batch.errors[i] is None
                 else PreparedImage(None, None, batch.errors[i]) for i in range(len(images))]  # fmt: skip

@@ -62,12 +62,14 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mner.runtime import jsonlimits, serve_api
 from mner.runtime.bundle import manifest_sha256
+from mner.runtime.picture_cache import CacheStats
 from mner.runtime.image import ImageError, read_header
 from mner.runtime.pipeline import TAGGING_FAILED, Pipeline, Post, TagResult
 from mner.runtime.serve_batcher import Batcher, Metrics, QueueFull, ServeConfig  # noqa: F401 -- ServeConfig is part of this API
@@ -158,6 +160,7 @@ def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig(), limits: 
     ``app.state.drain`` is the switch serve() turns on at SIGTERM. ``bundle`` fills the mner_bundle_info metric;
     ``access_log`` logs a line per request on the "mner.access" logger."""
     metrics = Metrics()
+    metrics.registry.register(_PictureCacheCollector(pipeline))
     if bundle is not None:
         metrics.bundle.info({"sha256": bundle.sha256, "backend": bundle.backend, "device": bundle.device,
                              "precision": bundle.precision, "stages": ",".join(bundle.stages)})  # fmt: skip
@@ -226,8 +229,8 @@ def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig(), limits: 
                             headers={"Retry-After": "1", "x-error-kind": status})  # fmt: skip
 
     @app.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=_PrometheusText,
-             responses={200: {"description": "mner_* metrics of requests, errors, batches and the queue; "
-                                             "mner_bundle_info; process_* and python_* of the process"},
+             responses={200: {"description": "mner_* metrics of requests, errors, batches, the queue and the picture "
+                                             "cache; mner_bundle_info; process_* and python_* of the process"},
                         **serve_api.error_responses("/metrics", json_route=False)})  # fmt: skip
     async def prometheus() -> Response:
         return _PrometheusText(generate_latest(metrics.registry))
@@ -291,6 +294,35 @@ def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig(), limits: 
 
     app.openapi = openapi
     return app
+
+
+class _PictureCacheCollector:
+    """mner_picture_cache_* from the pipeline's picture cache (runtime.picture_cache), read at each scrape: the
+    counters live in the cache, which the worker and the picture thread update. No cache (--picture-cache-mib 0,
+    or a bundle without picture stages): the same series, at zero capacity."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    def collect(self):
+        cache = getattr(self.pipeline, "picture_cache", None)  # a duck-typed pipeline may have none
+        stats = cache.stats() if cache is not None else CacheStats(0, 0, 0, 0, 0, 0)
+        yield CounterMetricFamily("mner_picture_cache_hits", "Pictures found in the picture cache: not decoded, "
+                                  "and neither detector nor vision run for them", value=stats.hits)  # fmt: skip
+        yield CounterMetricFamily("mner_picture_cache_misses", "Pictures looked up in the picture cache and not found "
+                                  "(the warm-up picture is one)", value=stats.misses)  # fmt: skip
+        yield CounterMetricFamily("mner_picture_cache_evictions", "Pictures dropped from the picture cache, least "
+                                  "recently used first, to stay within --picture-cache-mib", value=stats.evictions)  # fmt: skip
+        yield GaugeMetricFamily("mner_picture_cache_entries", "Pictures in the picture cache", value=stats.entries)
+        yield GaugeMetricFamily("mner_picture_cache_bytes", "Bytes the picture cache holds (its arrays, errors and "
+                                "a fixed overhead per picture)", value=stats.bytes)  # fmt: skip
+        yield GaugeMetricFamily("mner_picture_cache_capacity_bytes", "The picture cache's bound (--picture-cache-mib; "
+                                "0: no cache)", value=stats.capacity_bytes)  # fmt: skip
+
+
+def _picture_cache_mib(pipeline: Pipeline) -> float:
+    cache = getattr(pipeline, "picture_cache", None)
+    return cache.capacity_bytes / 2**20 if cache is not None else 0
 
 
 NOT_READY, WARMUP_FAILED = "not ready", "warm-up failed"  # the error kinds of a server not (yet) able to tag
@@ -821,6 +853,7 @@ def startup_line(pipeline: Pipeline, config: ServeConfig, limits: HttpLimits, bu
         "max-text-chars": config.max_text_chars, "max-body-bytes": config.max_body_bytes,
         "max-pixels": pipeline.max_pixels, "max-request-pixels": config.max_request_pixels,
         "max-request-pieces": config.max_request_pieces, "max-connections": limits.max_connections,
+        "picture-cache-mib": _picture_cache_mib(pipeline),
     }  # fmt: skip
     parts = [f"mner-serve listening on {url}" + (" (all interfaces)" if host in ("0.0.0.0", "::") else "")]
     fields: dict[str, Any] = {"url": url, "ready": ready, "access_log": access_log,

@@ -20,6 +20,8 @@ _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 ON_BAD_IMAGE = ("error", "text-only")
 # runtime.image.MAX_PIXELS, what mner-export writes into a bundle's manifest (a test keeps them equal)
 BUNDLE_MAX_PIXELS = 40_000_000
+# runtime.picture_cache.DEFAULT_PICTURE_CACHE_BYTES in MiB (a test keeps them equal)
+PICTURE_CACHE_MIB = 64
 
 
 @clikit.command()
@@ -67,6 +69,10 @@ BUNDLE_MAX_PIXELS = 40_000_000
                     "a long one.")
 @clikit.option("--on-bad-image", type=click.Choice(ON_BAD_IMAGE), default="error",
                help="A picture that cannot be decoded: a 422 (an error result in a batch), or tag the text alone.")
+@clikit.option("--picture-cache-mib", type=click.IntRange(min=0), default=PICTURE_CACHE_MIB,
+               help="Memory for the features of pictures seen before (keyed by the bytes' SHA-256): a repeated "
+                    "picture (a retweet) is neither decoded nor run through detector and vision; 0: off. "
+                    "/metrics: mner_picture_cache_*.")  # fmt: skip
 @clikit.option("--header-timeout-s", type=click.FloatRange(min=0, min_open=True), default=HttpLimits.header_timeout_s,
                help="Request line and headers must arrive within this; else 408 and the connection closes.")
 @clikit.option("--body-timeout-s", type=click.FloatRange(min=0, min_open=True), default=HttpLimits.body_timeout_s,
@@ -87,8 +93,8 @@ BUNDLE_MAX_PIXELS = 40_000_000
 def serve_command(bundle, backend, device, precision, threads, no_verify, host, port, batch_size, max_wait_ms,
                   max_queue, timeout_s, max_body_bytes, max_text_chars, max_request_posts, max_post_pieces,
                   max_request_pieces, max_pixels, max_request_pixels, max_batch_pixels, max_step_pieces, on_bad_image,
-                  header_timeout_s, body_timeout_s, keep_alive_s, max_connections, drain_s, access_log, log_format,
-                  verbose) -> None:  # fmt: skip
+                  picture_cache_mib, header_timeout_s, body_timeout_s, keep_alive_s, max_connections, drain_s,
+                  access_log, log_format, verbose) -> None:  # fmt: skip
     """Serve an exported bundle over HTTP on HOST:PORT: POST /v1/tag and /v1/tag/batch; GET /healthz, /readyz,
     /metrics (Prometheus), /docs and /redoc (work offline), /openapi.json. One log line says the URL, bundle
     and limits once listening; SIGTERM drains, then stops."""
@@ -107,7 +113,8 @@ def serve_command(bundle, backend, device, precision, threads, no_verify, host, 
             pixels = {} if max_pixels is None else {"max_pixels": max_pixels}  # none: the bundle's
             pipeline = Pipeline.from_bundle(bundle, backend=backend, device=device, precision=precision,
                                             threads=threads, verify=not no_verify, batch_size=batch_size,
-                                            chunk_pieces=max_step_pieces, on_bad_image=on_bad_image, **pixels)  # fmt: skip
+                                            chunk_pieces=max_step_pieces, on_bad_image=on_bad_image,
+                                            picture_cache_bytes=picture_cache_mib << 20, **pixels)  # fmt: skip
         except (ValueError, RuntimeError) as error:
             raise click.ClickException(str(error)) from error
         with pipeline:

@@ -100,7 +100,7 @@ def test_chunk_pieces_bounds_each_tagger_call_and_so_each_step_without_changing_
 
 
 def test_a_prepared_picture_tags_as_its_bytes_do_and_a_bad_one_is_that_posts_error():
-    pipeline = fake_pipeline(batch_size=4)
+    pipeline = fake_pipeline(batch_size=4, picture_cache_bytes=0)  # decoded each time (the cache: test_picture_cache)
     good, bad = jpeg(40, 60, 0), jpeg(40, 60, 1)[:100]
     posts = [Post("Obama in Paris", good), Post("Kawhi Leonard visits Toronto", bad), Post("New York today")]
     expected = pipeline.tag(posts)
