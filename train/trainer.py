@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from mner.runtime.decode import DECODINGS, decode_words
-from mner.runtime.image import DETECTOR_SIZE
 from mner.runtime.progress import progress as progress_bar
 from mner.runtime.splitters import get_splitter
 from mner.runtime.tags import TagScheme
@@ -35,6 +34,7 @@ from mner.train.chars import build_char_vocab, char_ids
 from mner.train.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from mner.train.config import DEFAULT_PRESET, SPLITS, TRAINING_DEFAULTS, TrainingDefaults  # noqa: F401 (re-exported)
 from mner.train.data import Post, check_entity_types, read_conll, sha256_file
+from mner.train.detector_choice import DEFAULT_DETECTOR, resolve_detector
 from mner.runtime.files import write_atomically
 from mner.train.history import HISTORY_JSONL, HISTORY_PNG, append_history, plot_history, write_history
 from mner.train.metrics import evaluate_entities, evaluate_reference
@@ -55,7 +55,10 @@ class TrainArgs:
     detector_weights: Path | None = None
     feature_cache: Path | None = None  # default: <out_dir>/features
     grid_arch: str = "resnet152"  # the paper's; resnet50/101 give the same 2048-channel grid faster
-    detector_size: int = DETECTOR_SIZE  # letterbox side the detector sees (exported the same)
+    # Which torchvision COCO detector finds the objects (train/detector_choice.py; an alias is
+    # resolved to its name): RetinaNet v2, or a MobileNetV3 one that costs a CPU far less.
+    detector: str = DEFAULT_DETECTOR
+    detector_size: int | None = None  # letterbox side the detector sees (exported the same); None: its own
     epochs: int | None = None
     batch_size: int | None = None
     learning_rate: float | None = None
@@ -82,6 +85,8 @@ class TrainArgs:
         if self.preset not in TRAINING_DEFAULTS:
             raise ValueError(f"unknown preset {self.preset!r}; expected one of {sorted(TRAINING_DEFAULTS)}")
         get_splitter(self.splitter)  # raises ValueError naming the known splitters
+        detector = resolve_detector(self.detector)
+        detector_size = detector.check_size(self.detector_size or detector.default_size)
         defaults = TRAINING_DEFAULTS[self.preset]
         values = {
             name: getattr(self, name) if getattr(self, name) is not None else getattr(defaults, name)
@@ -93,7 +98,7 @@ class TrainArgs:
             raise ValueError(f"the BERT learning rate must be > 0, got {self.bert_learning_rate}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 (or None for torch's default), got {self.threads}")
-        return dataclasses.replace(self, **values)
+        return dataclasses.replace(self, **values, detector=detector.name, detector_size=detector_size)
 
     def to_payload(self) -> dict[str, Any]:
         """The arguments recorded in best.pt: what was trained, not how the process ran."""
@@ -336,7 +341,8 @@ def split_features(args: TrainArgs, posts: list[Post], config: ModelConfig) -> F
 
     device = resolve_device(args.device)
     grid_encoder = GridEncoder.from_weights(args.resnet_weights, arch=args.grid_arch, seed=args.seed).to(device)
-    detector = ObjectDetector.from_weights(args.detector_weights, size=args.detector_size, seed=args.seed).to(device)
+    detector = ObjectDetector.from_weights(args.detector_weights, arch=args.detector, size=args.detector_size,
+                                           seed=args.seed).to(device)  # fmt: skip
     cache = FeatureCache(args.feature_cache or args.out_dir / "features", grid_encoder, detector,
                          max_objects=config.num_objects, progress=args.progress)  # fmt: skip
     paths = [args.images_dir / f"{post.image_id}.jpg" if post.image_id else None for post in posts]
@@ -699,7 +705,8 @@ def evaluate_checkpoint(
     args = TrainArgs(data_dir=data_path.parent, out_dir=checkpoint_path.parent, images_dir=images_dir,
                      resnet_weights=resnet_weights, detector_weights=detector_weights, device=device,
                      grid_arch=trained_with.get("grid_arch", "resnet152"),
-                     detector_size=trained_with.get("detector_size", DETECTOR_SIZE),
+                     detector=trained_with.get("detector", DEFAULT_DETECTOR),
+                     detector_size=trained_with.get("detector_size"),
                      seed=trained_with.get("seed", 42), progress=progress)  # fmt: skip
     features = split_features(args, posts, config)
     predictions = predict(model, examples, features, checkpoint.scheme, encoder.pad_id, torch_device,

@@ -15,6 +15,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from mner.runtime.coco import select_objects
 from mner.runtime.image import preprocess_images
+from mner.train.detectors import RetinaNetDetector
 from mner.train.vision import (
     DETECTOR_TOP_K,
     FeatureCache,
@@ -165,9 +166,9 @@ def test_detector_agrees_with_torchvision_postprocessing(detector, monkeypatch):
 
 def test_detector_validates(detector):
     with pytest.raises(ValueError, match="multiple of 128"):
-        ObjectDetector(size=200)
+        RetinaNetDetector(size=200)
     with pytest.raises(ValueError, match="top_k"):
-        ObjectDetector(size=128, top_k=0)
+        RetinaNetDetector(size=128, top_k=0)
     with pytest.raises(ValueError, match=r"expected images \(B, 3, 128, 128\), got \(1, 3, 256, 256\)"):
         detector(torch.zeros(1, 3, 256, 256))
 
