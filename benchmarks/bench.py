@@ -36,6 +36,7 @@ import numpy as np
 
 from mner.benchmarks.backends import BACKENDS, REFERENCE, BackendSpec
 from mner.benchmarks.machine import machine_facts
+from mner.runtime.batching import DEFAULT_SORT_WINDOW, PaddingCount, length_order, post_windows, simulated_padding, sort_key
 from mner.runtime.bundle import MANIFEST_NAME, Bundle, VerificationCache, check_files, read_manifest, verification_cache_dir
 from mner.runtime.conll import data_file, evaluate_entities, read_conll
 from mner.runtime.pipeline import Pipeline, StageClock, grid_cell_bounds
@@ -184,19 +185,26 @@ def batch_plan(posts: int, batch_size: int, warmup: int, min_batches: int) -> tu
 
 def measure_pipeline(pipeline: Pipeline, posts: Sequence[BenchPost], batch_size: int, *, warmup: int = 3,
                      min_batches: int = 20, pictures: Mapping[str, bytes] | None = None,
-                     on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:  # fmt: skip
+                     on_batch: Callable[[int], None] | None = None, sort_window: int = 1) -> dict[str, Any]:  # fmt: skip
     """Tag ``posts`` in batches of ``batch_size``: ``warmup`` untimed batches, then whole passes
     until at least ``min_batches`` batches were timed (``batch_plan`` lists them);
-    ``on_batch(posts)`` after each batch, warm-up ones included.
+    ``on_batch(posts)`` after each batch, warm-up ones included. ``sort_window``: the posts
+    of each run of that many are taken in order of their word-pieces, as mner-tag takes them
+    (``runtime.batching``; the batches are cut from the whole reordered list, which is
+    mner-tag's cut wherever the batch size divides the window); 1: input order.
 
     Returns the wall seconds of every timed batch ("e2e_s"), each step's seconds per batch
-    ("steps_s"), the posts per batch, and the first pass's word tags ("tags"; None for a
-    post the pipeline refused, "errors" counts them).
+    ("steps_s"), the posts per batch, the first pass's word tags in input order ("tags"; None
+    for a post the pipeline refused, "errors" counts them) and the tagger's word-pieces in
+    the first pass, real and padded ("padding": as measured, and as input order gives them).
     """
     if batch_size < 1:
         raise ValueError(f"batch sizes must be >= 1, got {batch_size}")
     pictures = pictures or {}
-    batches = [posts[i : i + batch_size] for i in range(0, len(posts), batch_size)]
+    windows = [post_windows(pipeline, post.words) for post in posts]
+    order = length_order([sort_key(w, post.image is not None) for w, post in zip(windows, posts)], sort_window)
+    ordered = [posts[i] for i in order]
+    batches = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
     pipeline.batch_size = batch_size
     clock = pipeline.clock = StageClock()
 
@@ -214,6 +222,7 @@ def measure_pipeline(pipeline: Pipeline, posts: Sequence[BenchPost], batch_size:
             done(batch)
         clock.reset()
         e2e, steps, sizes, tags, errors = [], {step: [] for step in STEPS}, [], [], 0
+        padding = pipeline.padding = PaddingCount()
         first_pass = True
         while first_pass or len(e2e) < min_batches:
             for batch in batches:
@@ -229,9 +238,29 @@ def measure_pipeline(pipeline: Pipeline, posts: Sequence[BenchPost], batch_size:
                     tags += [result.tags if result.ok else None for result in results]
                     errors += sum(not result.ok for result in results)
             first_pass = False
+            pipeline.padding = None
     finally:
-        pipeline.clock = None
-    return {"batch_size": batch_size, "e2e_s": e2e, "steps_s": steps, "posts": sizes, "tags": tags, "errors": errors}
+        pipeline.clock = pipeline.padding = None
+    in_input_order = [None] * len(posts)
+    for position, post_tags in zip(order, tags):
+        in_input_order[position] = post_tags
+    return {"batch_size": batch_size, "e2e_s": e2e, "steps_s": steps, "posts": sizes, "tags": in_input_order,
+            "errors": errors, "sort_window": sort_window,
+            "padding": _padding_report(pipeline, padding, windows, batch_size, sort_window)}  # fmt: skip
+
+
+def _padding_report(pipeline: Pipeline, measured: PaddingCount, windows: list[list[int]], batch_size: int,
+                    sort_window: int) -> dict[str, Any]:  # fmt: skip
+    """The first pass's tagger pieces, real and padded, as measured ("measured") and as input order gives them
+    ("input_order": simulated by batching.padded_pieces where the posts were reordered, else the measured)."""
+    tagger = pipeline.tagger
+    if isinstance(tagger, WindowPaddedTagger):  # the runner pads every window to the model's window after counting
+        measured.padded = measured.windows * tagger.length
+    unsorted = measured
+    if sort_window > 1:
+        most = min(batch_size, tagger.axis_bounds("batch")[1])
+        unsorted = simulated_padding(windows, range(len(windows)), batch_size, most, tagger.axis_bounds("sequence")[0])
+    return {"measured": measured.to_json(), "input_order": unsorted.to_json()}
 
 
 class _GpuMemory:
@@ -296,8 +325,11 @@ def run_worker(job: dict[str, Any], on_batch: Callable[[int], None] | None = Non
                                  verify=job.get("verify", True))  # fmt: skip
         load_s = time.perf_counter() - started
         with pipeline:
+            # The runtime's backends take posts as mner-tag does; the reference models in input order.
+            sort_window = job.get("sort_window", 1) if spec.engine != "torch" else 1
             runs = [measure_pipeline(pipeline, posts, size, warmup=job["warmup"], min_batches=job["min_batches"],
-                                     pictures=pictures, on_batch=on_batch) for size in job["batch_sizes"]]  # fmt: skip
+                                     pictures=pictures, on_batch=on_batch, sort_window=sort_window)
+                    for size in job["batch_sizes"]]  # fmt: skip
     return {
         "backend": spec.name,
         "load_s": load_s,
@@ -378,6 +410,8 @@ def summarise_run(run: Mapping[str, Any]) -> dict[str, Any]:
         "steps_percentiles_ms": {step: {f"p{p}": float(np.percentile(values, p)) for p in PERCENTILES}
                                  for step, values in timed.items()},  # fmt: skip
         "errors": run["errors"],
+        "sort_window": run.get("sort_window", 1),
+        "padding": run.get("padding"),  # absent from reports of an mner-bench before issue 15
     }
 
 
@@ -471,6 +505,7 @@ def run_bench(
     min_batches: int = 20,
     max_posts: int | None = None,
     verify: bool = True,
+    sort_window: int = DEFAULT_SORT_WINDOW,
     progress: bool | None = True,
     command: str = "",
     echo: Callable[[str], None] = print,
@@ -480,9 +515,13 @@ def run_bench(
 
     ``measure(job, scratch, on_batch)`` measures one backend (default: in a fresh process);
     ``progress``: one bar (or periodic log line) over every batch of every backend, as
-    ``runtime.progress.progress``'s ``enabled``; ``verify=False`` trusts the bundle.
+    ``runtime.progress.progress``'s ``enabled``; ``verify=False`` trusts the bundle;
+    ``sort_window``: the runtime's backends (not torch's) take posts ordered by length in
+    windows of that many, as mner-tag does (1: input order).
     """
     problems = check_request(bundle, backends, batch_sizes, device, checkpoint, data=data, split=split)
+    if isinstance(sort_window, bool) or not isinstance(sort_window, int) or sort_window < 1:
+        problems.append(f"sort_window must be a positive int (1: input order), got {sort_window!r}")
     if problems:
         raise ValueError("; ".join(problems))
     facts = bundle_facts(bundle, verify=verify)
@@ -501,6 +540,7 @@ def run_bench(
                 job = {"bundle": str(bundle), "backend": name, "checkpoint": _str(checkpoint), "device": device,
                        "threads": threads, "resnet_weights": _str(resnet_weights), "detector_weights": _str(detector_weights),
                        "batch_sizes": list(batch_sizes), "warmup": warmup, "min_batches": min_batches, "verify": verify,
+                       "sort_window": sort_window,
                        "posts": [asdict(post) for post in posts]}  # fmt: skip
                 measured[name] = measure(job, scratch, bar.update)
     finally:
@@ -510,7 +550,8 @@ def run_bench(
     return build_report(measured, posts, source, facts, decode, backends, batch_sizes, command=command,
                         machine=machine, started=started,
                         settings={"device": device, "threads": threads, "warmup": warmup, "min_batches": min_batches,
-                                  "max_posts": max_posts, "images_dir": _str(images_dir), "verify": verify})  # fmt: skip
+                                  "max_posts": max_posts, "images_dir": _str(images_dir), "verify": verify,
+                                  "sort_window": sort_window})  # fmt: skip
 
 
 def _str(path: Path | None) -> str | None:

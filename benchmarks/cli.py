@@ -19,6 +19,7 @@ from mner.benchmarks.backends import BACKENDS
 from mner.runtime import clikit
 from mner.runtime.extras import require_extra
 
+SORT_WINDOW = 1024  # runtime.batching.DEFAULT_SORT_WINDOW, written out so --help imports no numpy (a test keeps them equal)
 SPLITS = clikit.SPLITS  # the keys of mner.runtime.conll.SPLIT_FILES (a test checks they agree)
 
 
@@ -42,8 +43,10 @@ def summary_lines(report: Mapping[str, Any], targets: bool = True) -> list[str]:
         cells = []
         for size, run in backend["batches"].items():
             agree = run["parity"].get("word_agreement")
+            real = (run.get("padding") or {}).get("measured", {}).get("ratio")
             cells.append(f"B={size} {run['throughput_posts_s']:.1f} posts/s (p50 {run['latency_ms']['p50']:.1f} ms"
-                         + (f", {100 * agree:.2f} % agreement" if agree is not None else "") + ")")  # fmt: skip
+                         + (f", {100 * agree:.2f} % agreement" if agree is not None else "")
+                         + (f", {100 * real:.0f} % of tagger pieces real" if real is not None else "") + ")")  # fmt: skip
         lines.append(f"  {name:14s} load {backend['load_s']:.1f} s; " + "; ".join(cells))
     for row in report["targets"] if targets else []:
         verdict = "met" if row["met"] else "MISSED"
@@ -92,6 +95,9 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @clikit.option("--warmup", type=click.IntRange(min=0), default=3, help="Untimed batches per backend and batch size.")
 @clikit.option("--min-batches", type=click.IntRange(min=1), default=20, help="Timed batches at least (whole passes over the posts).")
 @clikit.option("--max-posts", type=click.IntRange(min=1), help="Use only the first N posts of the data.  [default: all]")
+@clikit.option("--sort-window", type=click.IntRange(min=1), default=SORT_WINDOW,
+               help="The runtime's backends (ort, trt) take the posts of each run of this many in order of their "
+                    "word-pieces, as mner-tag does; the torch backends keep input order. 1: input order for all.")
 @clikit.option("--no-verify", is_flag=True,
                help="Trust the bundle: hash none of its files. Without it, every file is hashed once before "
                     "measuring (a first start's cost, reported) and each backend's load finds them in the verification cache.")

@@ -210,6 +210,7 @@ def markdown(report: Mapping[str, Any], notes: str | None = None) -> str:
         lines.append(f"| {name} | {size} | {run['batches']} | {_num(latency.get('p10'), 2)} | {_num(latency['p50'], 2)} | "
                      f"{_num(latency['p90'], 2)} | {_num(latency['p99'], 2)} | {_num(latency.get('max'), 2)} | "
                      f"{_num(run['throughput_posts_s'])} | {per_batch_cell} | {_num(run['tagger_posts_s'])} |")  # fmt: skip
+    lines += _padding_section(report)
     steps = _steps_of(report)
     lines += [
         "",
@@ -267,6 +268,33 @@ def markdown(report: Mapping[str, Any], notes: str | None = None) -> str:
     if notes:
         lines += ["## Notes", "", notes.strip(), ""]
     return "\n".join(lines) + "\n"
+
+
+def _padding_section(report: Mapping[str, Any]) -> list[str]:
+    """Real word-pieces over padded ones per backend and batch size: as run, and in input order."""
+    rows = [(name, size, run) for name, size, run in _runs(report) if run.get("padding")]
+    if not rows:  # a report of an mner-bench before issue 15
+        return []
+    window = report["settings"].get("sort_window", 1)
+    order = (f"the runtime's backends took the posts of each run of {window} in order of their word-pieces, as "
+             "mner-tag does, the torch backends in input order" if window > 1 else "every backend took the posts in "
+             "input order")  # fmt: skip
+    lines = ["", "## Padding", "",
+             "Each tagger call is padded to its longest window (`torch`, the reference: every window to the model's "
+             f"window). Real word-pieces over padded ones in the first pass: as run ({order}), and what input order "
+             "gives (simulated exactly, `runtime.batching.padded_pieces`).", "",
+             "| backend | batch | order | real pieces | padded pieces, as run | real / padded, as run | "
+             "real / padded, input order |", "|---|---:|---|---:|---:|---:|---:|"]  # fmt: skip
+    for name, size, run in rows:
+        measured, unsorted = run["padding"]["measured"], run["padding"]["input_order"]
+        by = f"by length, windows of {run['sort_window']}" if run.get("sort_window", 1) > 1 else "input"
+        lines.append(f"| {name} | {size} | {by} | {measured['real_pieces']} | {measured['padded_pieces']} | "
+                     f"{_percent(measured['ratio'])} | {_percent(unsorted['ratio'])} |")  # fmt: skip
+    return lines
+
+
+def _percent(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{100 * ratio:.1f} %"
 
 
 def _targets_section(report: Mapping[str, Any]) -> list[str]:
