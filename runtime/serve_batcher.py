@@ -22,6 +22,11 @@ large request never holds the worker for its whole length:
   starve a long one). A short request arriving while the largest legal request is being
   tagged waits for about one step of it, not for all of it.
 
+Inside a batch, the posts are tagged in order of length: the pipeline sorts the batch's tagger
+windows by word-pieces before it cuts them into calls of at most ``max_step_pieces`` padded
+pieces (``Pipeline._run_tagger``; ``runtime.batching``), so a batch of short and long requests
+is padded as little as its posts allow, and each result still goes back to its own post.
+
 Each request's results are assembled in order and its future resolved once, when its
 last post is tagged. An idle worker waits up to ``max_wait_ms`` after a first request for
 others to join its batch.
