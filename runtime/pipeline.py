@@ -67,7 +67,7 @@ from typing import Any, Generator, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from mner.runtime.batching import PaddingCount
-from mner.runtime.bundle import Bundle
+from mner.runtime.bundle import PRECISIONS, Bundle
 from mner.runtime.coco import class_name, select_objects
 from mner.runtime.decode import CRFParameters, decode_words
 from mner.runtime.image import MAX_PIXELS, preprocess_images
@@ -292,8 +292,9 @@ class Pipeline:
     ) -> Pipeline:
         """Open and check a bundle and make its runners.
 
-        backend: "ort" (ONNX Runtime; ``device`` "cpu" or "cuda", ``precision`` "fp32" or
-        "fp16"), "trt" (the bundle's TensorRT engines for this GPU and TensorRT version)
+        backend: "ort" (ONNX Runtime; ``device`` "cpu" or "cuda", ``precision`` "fp32", "fp16"
+        or "int8": each stage's INT8 graph where the bundle has one, FP32 for the others), "trt"
+        (the bundle's TensorRT engines for this GPU and TensorRT version)
         or "torch" (the PyTorch reference, rebuilt from ``checkpoint`` and the vision /
         detector weights the bundle was exported from). ``options`` go to the constructor
         (batch_size, on_bad_image, max_length, chunk_pieces, picture_cache_bytes, max_pixels, which
@@ -302,8 +303,8 @@ class Pipeline:
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if precision not in ("fp32", "fp16"):
-            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if backend == "trt" and device not in (None, "cuda"):
             raise ValueError(f"the trt backend runs on a CUDA GPU, got device={device!r}")
         if backend != "ort" and precision != "fp32":
@@ -312,8 +313,9 @@ class Pipeline:
         bundle = Bundle.open(path, verify=verify)
         names = [name for name in ("detector", "vision", "tagger") if name in bundle.stages]
         if backend == "ort":
+            graphs = bundle.stage_precisions(precision)  # int8: the INT8 graph where a stage has one, else FP32
             runners: dict[str, Runner] = {
-                name: OrtRunner(bundle.stages[name], bundle.graph(name, precision), device=device or "cpu", threads=threads)
+                name: OrtRunner(bundle.stages[name], bundle.graph(name, graphs[name]), device=device or "cpu", threads=threads)
                 for name in names
             }
         elif backend == "trt":
