@@ -47,7 +47,9 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "mner-bundle"
 MANIFEST_FORMAT_VERSION = 1  # the version mner.export.bundle writes; any other is refused
 STAGE_NAMES = ("detector", "vision", "tagger")  # pipeline order
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
+# Which flag of mner-export writes a precision's graphs (named when a bundle lacks them).
+PRECISION_FLAGS = {"fp16": "--fp16", "int8": "--int8 --data <gold-tagged CoNLL>"}
 
 # Image preprocessing entries that must equal this runtime's for the graphs to see the
 # inputs they were exported for ("detector_size" and "max_pixels" are per bundle).
@@ -219,9 +221,13 @@ class Bundle:
     def graph(self, stage: str, precision: str = "fp32") -> Path:
         info = self._stage_named(stage)
         if precision not in info.graphs:
-            raise BundleError(f"{self.path}: stage {stage} has {sorted(info.graphs)} graphs, not {precision!r}; "
-                              f"{'export with --fp16 for FP16 graphs' if precision == 'fp16' else 're-export the bundle'}")  # fmt: skip
+            remedy = f"export with `mner-export {PRECISION_FLAGS[precision]}`" if precision in PRECISION_FLAGS else "re-export the bundle"
+            raise BundleError(f"{self.path}: stage {stage} has {sorted(info.graphs)} graphs, not {precision!r}; {remedy}")
         return info.graphs[precision]
+
+    def stage_precisions(self, precision: str) -> dict[str, str]:
+        """stage -> the precision of the graph it runs when ``precision`` is asked for (``stage_precisions``)."""
+        return stage_precisions(self.manifest, precision, where=self.path)
 
     def _stage_named(self, stage: str) -> StageInfo:
         if stage not in self.stages:
@@ -311,6 +317,35 @@ class Bundle:
 
 
 # --------------------------------------------------------------------------- reading
+
+
+def stage_precisions(manifest: Mapping[str, Any], precision: str, where: Any = "the bundle") -> dict[str, str]:
+    """stage -> the precision of the graph that runs for ``precision``, in pipeline order.
+
+    "fp32" and "fp16": every stage that precision (``Bundle.graph`` refuses a missing graph).
+    "int8": each stage's INT8 graph where it has one and FP32 otherwise; the tagger must have
+    one (INT8 is asked for to speed the tagger up), else a BundleError naming the export flag.
+    Reads only the manifest, so mner-tag and mner-serve can say what runs without opening
+    the bundle twice.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    stages = manifest.get("stages") or {}
+    graphs = {name: set((stages[name] or {}).get("graphs") or {}) for name in STAGE_NAMES if name in stages}
+    if precision != "int8":
+        return {name: precision for name in graphs}
+    if "int8" not in graphs.get("tagger", ()):
+        raise BundleError(f"{where}: --precision int8 needs an INT8 tagger graph, and this bundle's tagger has "
+                          f"{sorted(graphs.get('tagger', ()))} graphs; export it with `mner-export {PRECISION_FLAGS['int8']}`")  # fmt: skip
+    return {name: "int8" if "int8" in kinds else "fp32" for name, kinds in graphs.items()}
+
+
+def describe_precisions(precisions: Mapping[str, str]) -> str:
+    """"int8" where every stage runs it; else each precision with its stages: "int8 (tagger), fp32 (detector, vision)"."""
+    kinds = list(dict.fromkeys(precisions.values()))
+    if len(kinds) == 1:
+        return kinds[0]
+    return ", ".join(f"{kind} ({', '.join(name for name, k in precisions.items() if k == kind)})" for kind in kinds)
 
 
 def manifest_sha256(bundle: str | os.PathLike) -> str:
@@ -583,11 +618,38 @@ def _stage(bundle: Path, name: str, entry: Any, manifest_path: Path) -> StageInf
     for precision, graph in (entry.get("graphs") or {}).items():
         if precision not in PRECISIONS or not isinstance(graph, dict) or not _is_inside(str(graph.get("file", ""))):
             raise BundleError(f"{where}: graphs.{precision} = {graph!r} is not a graph entry of {PRECISIONS}")
+        if precision == "int8":
+            _check_int8_entry(name, graph, f"{where}: graphs.int8")
         graphs[precision] = bundle / graph["file"]
     if "fp32" not in graphs:
         raise BundleError(f"{where}: no fp32 graph; re-export the bundle")
     facts = {k: v for k, v in entry.items() if k not in {"inputs", "outputs", "dynamic_axes", "graphs", "weights"}}
     return StageInfo(name, inputs, outputs, axes, graphs, dict(entry.get("weights") or {}), facts)
+
+
+def stage_info(bundle: str | os.PathLike, name: str, entry: Mapping[str, Any]) -> StageInfo:
+    """A manifest stage entry as the runtime reads it (``Bundle.open`` does this for every stage); for the
+    exporter, which runs the runtime on a stage before its bundle is complete."""
+    return _stage(Path(bundle), name, entry, Path(bundle) / MANIFEST_NAME)
+
+
+def _check_int8_entry(stage: str, graph: Mapping[str, Any], where: str) -> None:
+    """An INT8 graph is written only behind an accuracy guard whose figures its entry records: one without a
+    passed guard (a hand-edited manifest, a graph added by other means) is refused. The tagger's guard
+    (export/int8.py) is checked against its own limits too."""
+    guard = graph.get("guard")
+    if not isinstance(guard, dict) or guard.get("passed") is not True or not graph.get("method"):
+        raise BundleError(f"{where} must record its quantization method and a passed accuracy guard, got "
+                          f"method {graph.get('method')!r}, guard {guard!r}; re-export the bundle")  # fmt: skip
+    if stage != "tagger":
+        return
+    limits = guard.get("limits") if isinstance(guard.get("limits"), dict) else {}
+    agreement, drop = guard.get("word_agreement"), guard.get("f1_drop_points")
+    low, high = limits.get("min_word_agreement"), limits.get("max_f1_drop_points")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (agreement, drop, low, high)) \
+            or agreement < low or drop > high:  # fmt: skip
+        raise BundleError(f"{where}: the guard's word_agreement {agreement!r} and f1_drop_points {drop!r} do not "
+                          f"meet its limits {limits!r}; re-export with `mner-export --int8`")  # fmt: skip
 
 
 def _engine(bundle: Path, name: str, entry: Any, manifest_path: Path) -> EngineInfo:

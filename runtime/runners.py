@@ -9,7 +9,9 @@ and raises one ``ValueError`` listing every problem. Subclasses only implement
 ``_activate``, ``_infer`` and ``_deactivate``.
 
 * ``OrtRunner``: ONNX Runtime; CPU, or ``device="cuda"`` through the CUDA execution
-  provider (onnxruntime-gpu) with IO binding.
+  provider (onnxruntime-gpu) with IO binding. Its session options are an ``OrtSettings``,
+  ``DEFAULT_ORT_SETTINGS`` unless given: the one place to change what every ONNX Runtime
+  session of the runtime gets (``python -m mner.benchmarks.ort_settings`` measures the choices).
 * ``TrtRunner``: a serialized TensorRT engine (TensorRT 10.12+ / 11 tensor API:
   ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``), device memory
   through cuda-python (``cuda.bindings``); both imported on ``activate``.
@@ -23,8 +25,10 @@ Nothing here imports torch, tensorrt or cuda at module level.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -158,23 +162,85 @@ def _check_outputs(runner: Runner, outputs: Mapping[str, np.ndarray], sizes: Map
 
 # --------------------------------------------------------------------------- ONNX Runtime
 
+GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "layout", "all")  # ort.GraphOptimizationLevel.ORT_*
+EXECUTION_MODES = ("sequential", "parallel")  # ort.ExecutionMode.ORT_*: parallel runs independent nodes at once
+
+
+@dataclass(frozen=True)
+class OrtSettings:
+    """The ONNX Runtime session options a runner sets. The defaults are ONNX Runtime's own, what the
+    runtime has always run with: ``benchmarks/ort_settings.py`` measures each alternative on the tagger
+    (TWITTER-2017, batch 8) and says which, if any, to put in ``DEFAULT_ORT_SETTINGS``."""
+
+    intra_op_threads: int | None = None  # threads inside an operator; None: one per physical core
+    inter_op_threads: int | None = None  # threads across operators (execution_mode "parallel" only); None: ORT's
+    execution_mode: str = "sequential"
+    allow_spinning: bool = True  # idle pool threads spin a while for the next op (session.intra_op.allow_spinning)
+    memory_arena: bool = True  # enable_cpu_mem_arena: reuse freed blocks
+    memory_pattern: bool = True  # enable_mem_pattern: plan a shape's allocations once, reuse the plan
+    graph_optimization: str = "all"
+
+    def __post_init__(self) -> None:
+        for name in ("intra_op_threads", "inter_op_threads"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int or None (ONNX Runtime's default), got {value!r}")
+        if self.execution_mode not in EXECUTION_MODES:
+            raise ValueError(f"execution_mode must be one of {EXECUTION_MODES}, got {self.execution_mode!r}")
+        if self.graph_optimization not in GRAPH_OPTIMIZATIONS:
+            raise ValueError(f"graph_optimization must be one of {GRAPH_OPTIMIZATIONS}, got {self.graph_optimization!r}")
+        for name in ("allow_spinning", "memory_arena", "memory_pattern"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+    def replace(self, **changes: Any) -> OrtSettings:
+        return dataclasses.replace(self, **changes)
+
+    def session_options(self, ort: Any) -> Any:
+        """These settings as an ``ort.SessionOptions`` (``ort``: the onnxruntime module)."""
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: FP16 graphs make CPU sessions insert casts, expectedly
+        if self.intra_op_threads is not None:
+            options.intra_op_num_threads = self.intra_op_threads
+        if self.inter_op_threads is not None:
+            options.inter_op_num_threads = self.inter_op_threads
+        options.execution_mode = getattr(ort.ExecutionMode, f"ORT_{self.execution_mode.upper()}")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if self.allow_spinning else "0")
+        options.enable_cpu_mem_arena = self.memory_arena
+        options.enable_mem_pattern = self.memory_pattern
+        level = "ORT_DISABLE_ALL" if self.graph_optimization == "disable" else f"ORT_ENABLE_{self.graph_optimization.upper()}"
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        return options
+
+
+DEFAULT_ORT_SETTINGS = OrtSettings()  # what every OrtRunner gets unless told otherwise
+
 
 class OrtRunner(Runner):
-    """An ONNX graph in ONNX Runtime: ``device="cpu"``, or ``"cuda"`` (onnxruntime-gpu, IO binding)."""
+    """An ONNX graph in ONNX Runtime: ``device="cpu"``, or ``"cuda"`` (onnxruntime-gpu, IO binding).
+
+    ``settings``: the session options (``DEFAULT_ORT_SETTINGS`` by default); ``threads``, where
+    given, replaces their intra-op threads (mner-tag's and mner-serve's ``--threads``)."""
 
     backend = "ort"
 
     def __init__(self, stage: StageInfo, graph: str | os.PathLike, *, device: str = "cpu", device_id: int = 0,
-                 threads: int | None = None) -> None:  # fmt: skip
+                 threads: int | None = None, settings: OrtSettings | None = None) -> None:  # fmt: skip
         super().__init__(stage)
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive int or None (ONNX Runtime's default), got {threads!r}")
+        if settings is not None and not isinstance(settings, OrtSettings):
+            raise ValueError(f"settings must be an OrtSettings or None, got {type(settings).__name__}")
         self.graph = Path(graph)
         self.device = device
         self.device_id = device_id
-        self.threads = threads
+        self.settings = settings if settings is not None else DEFAULT_ORT_SETTINGS
+        if threads is not None:
+            self.settings = self.settings.replace(intra_op_threads=threads)
+        self.threads = self.settings.intra_op_threads
         self.session = None
 
     def _activate(self) -> None:
@@ -188,10 +254,7 @@ class OrtRunner(Runner):
             )
         if not self.graph.is_file():
             raise BundleError(f"{self.graph}: no such ONNX graph")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only: FP16 graphs make CPU sessions insert casts, expectedly
-        if self.threads is not None:
-            options.intra_op_num_threads = self.threads
+        options = self.settings.session_options(ort)
         providers = (
             [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"]
             if self.device == "cuda"
