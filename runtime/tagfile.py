@@ -86,7 +86,8 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Mapping
 
 from mner.runtime import jsonlimits
-from mner.runtime.batching import PICTURE_BYTES_PER_WINDOW, PaddingCount, length_order, padded_pieces, post_windows, sort_key, text_windows
+from mner.runtime.batching import (PICTURE_BYTES_PER_WINDOW, PaddingCount, length_order, padded_pieces, post_windows,
+                                   sort_key, text_windows)
 from mner.runtime.conll import check_entity_types, evaluate_entities, read_conll
 from mner.runtime.files import write_atomically
 from mner.runtime.image import ImageError, read_header
