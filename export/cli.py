@@ -13,6 +13,8 @@ import click
 
 from mner.export.stage_choice import STAGE_NAMES
 from mner.runtime import clikit, extras
+from mner.train.detector_choice import CLI_CHOICES as DETECTOR_CHOICES
+from mner.train.detector_choice import cli_help as detector_help
 
 SPLITS = clikit.SPLITS  # the keys of mner.runtime.conll.SPLIT_FILES (a test checks they agree)
 # What the export imports from mner[train] (looked up, not imported, before the command runs).
@@ -38,15 +40,18 @@ FROM_CHECKPOINT = "[default: from the checkpoint: {}]"
                help="Also build TensorRT engines from the FP16 graphs (needs tensorrt and a CUDA GPU).")
 @clikit.option("--resnet-weights", type=click.Path(dir_okay=False),
                help="torchvision ResNet-152 ImageNet state_dict file. [default: seeded random weights]")
+@clikit.option("--detector", type=click.Choice(DETECTOR_CHOICES), metavar="NAME",
+               help=f"Object detector: {detector_help()}. " + FROM_CHECKPOINT.format("the one it was trained with"))
 @clikit.option("--detector-weights", type=click.Path(dir_okay=False),
-               help="torchvision RetinaNet-ResNet50-FPN-v2 COCO state_dict file. [default: seeded random weights]")
+               help="torchvision COCO state_dict file of the --detector's architecture. [default: seeded random weights]")
 @clikit.option("--seed", type=int, help="Seed of random vision/detector weights and of the parity inputs, so "
                "random encoders match what training saw. " + FROM_CHECKPOINT.format("its training seed"))
 @clikit.option("--grid-arch", "vision_arch", hidden_aliases=("--vision-arch",),
                type=click.Choice(["resnet152", "resnet101", "resnet50"]),
                help="Grid encoder. " + FROM_CHECKPOINT.format("the one it was trained with; the paper's: resnet152"))
-@clikit.option("--detector-size", type=int, help="Detector input side, a multiple of 128. "
-               + FROM_CHECKPOINT.format("the one it was trained with, 512 unless set"))
+@clikit.option("--detector-size", type=int, help="Detector input side: a multiple of 128 for RetinaNet, 32 for "
+               "SSDlite, 64 for Faster R-CNN. " + FROM_CHECKPOINT.format("the one it was trained with; a detector "
+                                                                         "other than training's: its own size"))
 @clikit.option("--overwrite", is_flag=True, help="Replace an existing bundle at --output (only once the new one is complete).")
 @clikit.progress_option()
 @clikit.verbose_option()

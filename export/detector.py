@@ -1,14 +1,17 @@
 """Stage 1, the detector: a letterboxed picture (batch, 3, S, S) -> its top-K candidates.
 
-``mner.train.vision.ObjectDetector``: torchvision's RetinaNet (ResNet-50-FPN v2) with
-its dense head, and the K best (anchor, class) pairs over all FPN levels taken in one
-TopK, boxes decoded for those only. The graph has no NMS and no data-dependent
-control flow; its outputs are small and fixed-shape per picture:
+``mner.train.detectors``: the torchvision COCO detector the checkpoint was trained with
+(``--detector``: RetinaNet-ResNet50-FPN v2 by default, SSDlite320-MobileNetV3-Large or
+Faster R-CNN MobileNetV3-Large-320-FPN for CPUs), each wrapped so that the K best
+(anchor or proposal, class) pairs are taken in one TopK and boxes decoded for those
+only. The graph has no NMS and no data-dependent control flow; its outputs are small
+and fixed-shape per picture, the same for every detector:
 
     scores (batch, K) float32, labels (batch, K) int64 torchvision COCO ids, boxes (batch, K, 4)
 
 The host turns them into object ids with ``mner.runtime.coco.select_objects`` (score
-threshold, per-class NMS, the best ``max_objects``); the manifest records its settings.
+threshold, per-class NMS, the best ``max_objects``); the manifest records its settings,
+and the stage's ``arch``, ``size``, how its scores are made and what input it expects.
 
 Parity: TopK may order near-equal scores differently in two runtimes (pictures with
 flat regions give exactly equal scores to many anchors), so labels and boxes are
@@ -19,7 +22,8 @@ tolerance, and the object ids after host selection must be identical.
 from __future__ import annotations
 
 import inspect
-from typing import Mapping
+import logging
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -28,10 +32,13 @@ from mner.export.spec import BuiltStage, Fp16Policy, Sources, StageSpec, TensorS
 from mner.export.vision import synthetic_pictures, weights_identity
 from mner.runtime.coco import select_objects
 from mner.runtime.image import detector_tensor
+from mner.train.detector_choice import DEFAULT_DETECTOR, resolve_detector
+from mner.train.detectors import DETECTOR_CLASSES
 from mner.train.vision import DETECTOR_TOP_K, ObjectDetector
 
+logger = logging.getLogger(__name__)
+
 MAX_BATCH = 1024
-ARCH = "retinanet_resnet50_fpn_v2"
 
 
 def selection_settings(max_objects: int) -> dict:
@@ -46,17 +53,42 @@ def selection_settings(max_objects: int) -> dict:
 
 
 def build(sources: Sources) -> BuiltStage:
+    arch = resolve_detector(sources.detector_arch).name
     detector = ObjectDetector.from_weights(
-        sources.detector_weights, size=sources.detector_size, top_k=DETECTOR_TOP_K, seed=sources.seed
+        sources.detector_weights, arch=arch, size=sources.detector_size, top_k=DETECTOR_TOP_K, seed=sources.seed
     )
+    wrapper = DETECTOR_CLASSES[arch]
     return BuiltStage(
         module=detector.eval(),
         # max_objects: the tagger's object slots, what host selection keeps per picture
         dims={"detector_size": detector.size, "top_k": detector.top_k, "max_objects": sources.checkpoint.config.num_objects},
         axis_bounds={"batch": (1, MAX_BATCH)},
-        weights=weights_identity(ARCH, sources.detector_weights, sources.seed, detector.weights_identity),
-        info={"size": detector.size, "top_k": detector.top_k},
+        weights=weights_identity(arch, sources.detector_weights, sources.seed, detector.weights_identity),
+        info={"arch": arch, "size": detector.size, "top_k": detector.top_k, "scores": wrapper.score_kind,
+              "input": wrapper.input_normalisation},  # fmt: skip
     )
+
+
+def choose_detector(arch: str | None, size: int | None, train_args: Mapping[str, Any]) -> tuple[str, int]:
+    """The detector to export and its input side: those given, else the ones the checkpoint trained with.
+
+    ``train_args``: the checkpoint's record (empty for a random or converted one: RetinaNet v2).
+    A size the checkpoint recorded for another detector is not carried over: the named
+    detector's own default applies. A picture-trained model exported with another detector
+    than its training used is warned about: its tagger learnt from the other one's objects.
+    Raises ValueError for an unknown name or a size the detector cannot take.
+    """
+    trained = resolve_detector(train_args.get("detector", DEFAULT_DETECTOR))
+    choice = resolve_detector(arch) if arch is not None else trained
+    if size is None:
+        size = train_args.get("detector_size") if choice == trained else None
+        size = size or choice.default_size
+    choice.check_size(size)
+    if choice != trained and train_args.get("images_dir"):
+        logger.warning("exporting the %s detector for a model trained with %s: its tagger learnt from the object ids "
+                       "%s found, and another detector finds others; retrain with --detector %s for a consistent model",
+                       choice.name, trained.name, trained.name, choice.alias)  # fmt: skip
+    return choice.name, size
 
 
 def dummy_inputs(built: BuiltStage, sizes: Mapping[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -46,7 +46,7 @@ from mner.export.stage_choice import parse_stage_names, select_for_checkpoint
 from mner.export.stages import select_stages
 from mner.export.trt import build_engines, require_tensorrt
 from mner.runtime.conll import data_file
-from mner.runtime.image import DETECTOR_SIZE, preprocessing_constants
+from mner.runtime.image import preprocessing_constants
 from mner.train.checkpoint import load_checkpoint
 from mner.train.data import read_conll
 from mner.train.vision import DETECTOR_TOP_K, GRID_ARCHS
@@ -81,6 +81,7 @@ def export_bundle(
     seed: int | None = None,
     overwrite: bool = False,
     vision_arch: str | None = None,
+    detector: str | None = None,
     detector_size: int | None = None,
     progress: bool | None = True,
 ) -> ExportResult:
@@ -93,9 +94,10 @@ def export_bundle(
     ``mner.runtime.progress``'s ``enabled``.
     ``trt`` builds engines from the FP16 graphs, so it writes them too. ``vision_arch``
     and ``detector_size`` exist for tests and small demos (resnet50, a 128-pixel detector);
-    the manifest records both. ``seed``, ``vision_arch`` and ``detector_size`` default to
-    what the checkpoint was trained with, so random vision weights are the ones training
-    saw (the features the tagger learnt from). Raises ValueError (ParityError, BundleError included) for
+    the manifest records both. ``detector`` names the detector (``mner.train.detector_choice``).
+    ``seed``, ``vision_arch``, ``detector`` and ``detector_size`` default to what the
+    checkpoint was trained with, so random vision weights are the ones training saw (the
+    features the tagger learnt from). Raises ValueError (ParityError, BundleError included) for
     what the caller can fix, TensorRTUnavailable where TensorRT or a GPU is missing.
     """
     start = time.perf_counter()
@@ -119,11 +121,11 @@ def export_bundle(
     if selection.warning():
         logger.warning("%s", selection.warning())
     _warn_unused_options(selection.stages, resnet_weights=resnet_weights, detector_weights=detector_weights,
-                         vision_arch=vision_arch, detector_size=detector_size)  # fmt: skip
+                         vision_arch=vision_arch, detector=detector, detector_size=detector_size)  # fmt: skip
     trained_with = checkpoint.payload.get("train_args") or {}
     seed = trained_with.get("seed", 0) if seed is None else seed
     vision_arch = vision_arch or trained_with.get("grid_arch", "resnet152")
-    detector_size = detector_size or trained_with.get("detector_size", DETECTOR_SIZE)
+    detector, detector_size = detector_stage.choose_detector(detector, detector_size, trained_with)
     if vision_arch not in GRID_ARCHS:
         raise ValueError(f"vision_arch must be one of {GRID_ARCHS}, got {vision_arch!r}")
     sources = Sources(
@@ -134,6 +136,7 @@ def export_bundle(
         detector_weights=Path(detector_weights) if detector_weights else None,
         seed=seed,
         vision_arch=vision_arch,
+        detector_arch=detector,
         detector_size=detector_size,
     )
     text = _parity_text(parity_file, checkpoint, seed) if any(s.name == "tagger" for s in specs) else None
@@ -242,7 +245,8 @@ def _check_tags(spec, built, directory, precisions, text: TextSource, checkpoint
 
 def _warn_unused_options(stages: tuple[str, ...], **options) -> None:
     """A vision or detector option given for an export without that stage is said, not silently dropped."""
-    users = {"resnet_weights": "vision", "vision_arch": "vision", "detector_weights": "detector", "detector_size": "detector"}
+    users = {"resnet_weights": "vision", "vision_arch": "vision", "detector_weights": "detector", "detector": "detector",
+             "detector_size": "detector"}  # fmt: skip
     for name, value in options.items():
         if value is not None and users[name] not in stages:
             logger.warning("--%s is not used: the %s stage is not exported (stages: %s; name it in --stages to add it)",

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mner.runtime.image import DETECTOR_SIZE
 from mner.train.checkpoint import Checkpoint
+from mner.train.detector_choice import DEFAULT_DETECTOR
 
 # 18 is the dynamo exporter's native opset (no version conversion step); LayerNormalization
 # needs >= 17, and TensorRT 10.12+ and ONNX Runtime 1.17+ read it.
@@ -81,7 +81,8 @@ class Sources:
     detector_weights: Path | None = None
     seed: int = 0  # seed of random vision/detector weights, and of the parity inputs
     vision_arch: str = "resnet152"  # the paper's; resnet50 keeps tests quick (same 2048 channels)
-    detector_size: int = DETECTOR_SIZE
+    detector_arch: str = DEFAULT_DETECTOR  # a name of mner.train.detector_choice.DETECTORS (or its alias)
+    detector_size: int | None = None  # None: the detector's own (512 RetinaNet, 320 the MobileNetV3 ones)
 
 
 @dataclass

@@ -509,9 +509,10 @@ def torch_runners(
         if name == "vision":
             module = vision_module.GridEncoder.from_weights(path, arch=weights["arch"], seed=weights.get("seed", 0))
         else:
-            module = vision_module.ObjectDetector.from_weights(
-                path, size=stage.facts["size"], top_k=stage.facts["top_k"], seed=weights.get("seed", 0)
-            )
+            module = vision_module.ObjectDetector.from_weights(  # a bundle without "arch" predates the choice
+                path, arch=weights.get("arch", "retinanet_resnet50_fpn_v2"), size=stage.facts["size"],
+                top_k=stage.facts["top_k"], seed=weights.get("seed", 0),
+            )  # fmt: skip
         if module.weights_identity != weights.get("identity"):
             raise ValueError(f"the {name} weights given are {module.weights_identity}; the bundle was exported "
                              f"from {weights.get('identity')}")  # fmt: skip

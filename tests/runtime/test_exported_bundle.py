@@ -76,7 +76,8 @@ class TinyDetector(torch.nn.Module):
         self.register_buffer("anchors", torch.cat([corners, corners + sides], dim=1), persistent=False)  # (8, 4)
 
     @classmethod
-    def from_weights(cls, path, *, size: int = 512, top_k: int = 100, seed: int = 0) -> TinyDetector:
+    def from_weights(cls, path, *, arch: str | None = None, size: int = 512, top_k: int = 100,
+                     seed: int = 0) -> TinyDetector:  # fmt: skip
         assert path is None
         return cls(size, top_k, seed).eval()
 
