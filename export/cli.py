@@ -40,6 +40,10 @@ FROM_CHECKPOINT = "[default: from the checkpoint: {}]"
                help="Also build TensorRT engines from the FP16 graphs (needs tensorrt and a CUDA GPU).")
 @clikit.option("--resnet-weights", type=click.Path(dir_okay=False),
                help="torchvision ResNet-152 ImageNet state_dict file. [default: seeded random weights]")
+@clikit.option("--int8-vision", is_flag=True,
+               help="Also write an INT8 vision graph (static, calibrated on real photographs), kept only if its "
+                    "grid's cosine similarity with FP32 is >= 0.99 on every photograph (the manifest records "
+                    "them). Needs --resnet-weights: with random weights the guard would mean nothing.")
 @clikit.option("--detector", type=click.Choice(DETECTOR_CHOICES), metavar="NAME",
                help=f"Object detector: {detector_help()}. " + FROM_CHECKPOINT.format("the one it was trained with"))
 @clikit.option("--detector-weights", type=click.Path(dir_okay=False),
@@ -84,6 +88,11 @@ def export_command(checkpoint: str, output: str, data: str | None, verbose: bool
     for check in checks:
         if check["metric"] in ("word_agreement", "differing_posts"):
             click.echo(f"  {check['stage']} [{check['precision']}] {check['case']}: {check['note']}")
+    vision_int8 = manifest["stages"].get("vision", {}).get("graphs", {}).get("int8")
+    if vision_int8 is not None:
+        guard = vision_int8["guard"]
+        click.echo(f"int8: vision grid cosine with fp32: least {guard['least']:.4f}, mean {guard['mean']:.4f} "
+                   f"over {len(guard['photos'])} photographs (limit {guard['limit']})")
     if manifest["engines"]:
         click.echo(f"engines: {', '.join(manifest['engines'])}")
     click.echo(f"time: {result.seconds:.0f} s")

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import onnx
 
 from mner.export import detector as detector_stage
+from mner.export import vision_int8
 from mner.export.bundle import BundleWriter, check_destination, read_manifest, sha256_file
 from mner.export.fp16 import convert_to_fp16
 from mner.export.graph import EXPORTER, check_graph, export_graph
@@ -83,6 +84,7 @@ def export_bundle(
     vision_arch: str | None = None,
     detector: str | None = None,
     detector_size: int | None = None,
+    int8_vision: bool = False,
     progress: bool | None = True,
 ) -> ExportResult:
     """Export ``ckpt`` into the bundle ``out``; see the module docstring for the order of work.
@@ -99,6 +101,8 @@ def export_bundle(
     checkpoint was trained with, so random vision weights are the ones training saw (the
     features the tagger learnt from). Raises ValueError (ParityError, BundleError included) for
     what the caller can fix, TensorRTUnavailable where TensorRT or a GPU is missing.
+    ``int8_vision`` also writes the vision stage's INT8 graph behind its guard (``export/vision_int8.py``),
+    which needs real ``resnet_weights``.
     """
     start = time.perf_counter()
     trt_module = require_tensorrt() if trt else None  # first: nothing is read or written before it
@@ -111,6 +115,8 @@ def export_bundle(
         if path is not None and not Path(path).is_file():
             raise ValueError(f"{option} {path}: no such file")
     parity_file = data_file(parity_data, split) if parity_data is not None else None
+    if int8_vision:  # refused before any work: with random weights the guard would mean nothing
+        vision_int8.require_real_weights(resnet_weights)
     fp16 = fp16 or trt
 
     ckpt = Path(ckpt)
@@ -118,6 +124,9 @@ def export_bundle(
     selection = select_for_checkpoint(stages, checkpoint.payload)
     specs = select_stages(selection.stages)
     logger.info("stages: %s (%s)", ", ".join(selection.stages), selection.reason)
+    if int8_vision and "vision" not in selection.stages:
+        raise ValueError(f"--int8-vision quantizes the vision stage, which this export does not have (stages: "
+                         f"{', '.join(selection.stages)}; name it in --stages to add it)")
     if selection.warning():
         logger.warning("%s", selection.warning())
     _warn_unused_options(selection.stages, resnet_weights=resnet_weights, detector_weights=detector_weights,
@@ -153,6 +162,8 @@ def export_bundle(
                 _check_tags(spec, built, writer.dir, precisions, text, checkpoint, seed, report, progress)
             built_stages.append((spec, built))
         report.raise_if_failed()
+        if int8_vision:  # after FP32 parity held: its graph is the one quantized and compared
+            entries["vision"]["graphs"]["int8"] = vision_int8.write_int8_vision(writer.dir, entries["vision"]["weights"])
         engines = build_engines(trt_module, writer.dir, built_stages) if trt_module is not None else {}
 
         crf = checkpoint.crf_parameters()
