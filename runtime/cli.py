@@ -38,6 +38,7 @@ from mner.runtime.serve_limits import ServeConfig
 # The library's values, written out so that --help needs no pipeline import (tests/runtime/test_tag_cli_io.py
 # checks that they equal pipeline.BAD_IMAGE_POLICIES / DEFAULT_BATCH_SIZE, runners.BACKENDS and tagfile's limits).
 BACKENDS = ("ort", "trt", "torch")
+PRECISIONS = ("fp32", "fp16", "int8")  # runtime.bundle.PRECISIONS (a test keeps them equal)
 BAD_IMAGE_POLICIES = ("error", "text-only")
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_SORT_WINDOW = 1024  # runtime.batching's (a test keeps them equal)
@@ -100,14 +101,17 @@ and gets no .meta.json; the summary and progress go to stderr.
                help="ort: ONNX Runtime; trt: the bundle's TensorRT engines; torch: the PyTorch reference (needs "
                     "--checkpoint and torch).")  # fmt: skip
 @clikit.option("--device", type=click.Choice(["cpu", "cuda"]), help="ort: cpu (default) or cuda (onnxruntime-gpu).")
-@clikit.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
-               help="ort only: which graphs of the bundle to run.")
+@clikit.option("--precision", type=click.Choice(PRECISIONS), default="fp32",
+               help="ort only: which graphs of the bundle to run; int8: each stage's INT8 graph where the bundle "
+                    "has one (mner-export --int8 writes the tagger's), FP32 for the others.")
 @clikit.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE,
                help="Posts per batch; records are appended (and fsynced) after each batch.")
-@clikit.option("--sort-window", type=click.IntRange(min=1), default=DEFAULT_SORT_WINDOW,
+@clikit.option("--sort-window", type=click.IntRange(min=1),
                help="Tag the posts of each run of this many input lines in order of their word-pieces (less "
                     "padding; records are still written in input order, as soon as every line before has its "
-                    "record, so a kill costs at most one window's tagging). 1: input order.")  # fmt: skip
+                    "record, so a kill costs at most one window's tagging). 1: input order. Default: "
+                    f"{DEFAULT_SORT_WINDOW:,} for a file; 1 for --input - (a live feed gets each record once its "
+                    "batch is tagged, not once a window has filled).")  # fmt: skip
 @clikit.option("--threads", type=click.IntRange(min=1),
                help="ort only: ONNX Runtime's intra-op threads per graph. Default: its own (one per core).")
 @clikit.option("--on-bad-image", type=click.Choice(BAD_IMAGE_POLICIES),
@@ -150,10 +154,12 @@ def tag_command(bundle, input_path, conll_path, output, images, backend, device,
         raise click.UsageError(f"--threads sets ONNX Runtime's threads: it goes with --backend ort, not {backend}")
     if on_bad_image is None:
         on_bad_image = "error" if input_path is not None else "text-only"
+    if sort_window is None:
+        sort_window = 1 if str(input_path) == STDIO else DEFAULT_SORT_WINDOW
     to_stdout = str(output) == STDIO
     from mner.runtime.conll import format_report  # noqa: PLC0415 -- the pipeline's imports wait until a run
     from mner.runtime.pipeline import Pipeline  # noqa: PLC0415
-    from mner.runtime.bundle import manifest_sha256  # noqa: PLC0415
+    from mner.runtime.bundle import manifest_sha256, read_manifest, stage_precisions  # noqa: PLC0415
     from mner.runtime.batching import PaddingCount  # noqa: PLC0415
     from mner.runtime.tagfile import OutputClosed, Provenance, tag_conll, tag_jsonl  # noqa: PLC0415
 
@@ -176,6 +182,8 @@ def tag_command(bundle, input_path, conll_path, output, images, backend, device,
                            "mner_version": _version(),
                            "input": str(input_path or conll_path), "images": None if images is None else str(images),
                            "started": _now()}  # fmt: skip
+                if precision == "int8":  # which graph each stage runs: FP32 where a stage has no INT8 graph
+                    details["graphs"] = stage_precisions(read_manifest(bundle), precision)
                 provenance = Provenance(manifest_sha256(bundle), options, os.path.abspath(bundle), details)
             common = {"images": images, "progress": progress, "max_text_chars": max_text_chars, "with_text": with_text,
                       "provenance": provenance, "sort_window": sort_window}  # fmt: skip

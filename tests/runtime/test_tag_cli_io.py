@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -366,3 +367,29 @@ def test_no_verify_opens_the_bundle_without_hashing_it(bundle, tmp_path, monkeyp
                                               "--no-progress"])  # fmt: skip
     assert result.exit_code == EXIT_OK, result.output
     assert len(read_records(result.stdout_bytes)) == 3
+
+
+def test_stdin_is_tagged_in_input_order_by_default_so_a_live_feed_gets_each_record_at_once(bundle, tmp_path):
+    # Ordering by length waits for a window of lines; on stdin that would hold a live feed's
+    # records back until 1,024 lines had come, so stdin defaults to --sort-window 1.
+    command = [sys.executable, "-c", ENTRY, "--engine", str(bundle), "--input", "-", "--output", "-",
+               "--batch-size", "1", "--no-progress"]  # fmt: skip
+    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=child_env(), cwd=tmp_path)  # fmt: skip
+    try:
+        child.stdin.write(jsonl(POSTS[:1]))
+        child.stdin.flush()
+        ready, _, _ = select.select([child.stdout], [], [], 120)
+        assert ready, "no record while stdin stays open"
+        first = json.loads(child.stdout.readline())
+        assert (first["id"], first["line"]) == ("p1", 1) and first["entities"]
+        child.stdin.write(jsonl(POSTS[1:]))
+        child.stdin.close()
+        rest = read_records(child.stdout.read())
+        assert [(r["id"], r["line"]) for r in rest] == [("p2", 2), ("p3", 3)]
+        assert child.wait(timeout=60) == EXIT_OK, child.stderr.read().decode()
+    finally:
+        child.kill()
+        child.wait()
+        for stream in (child.stdout, child.stderr):
+            stream.close()
