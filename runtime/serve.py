@@ -125,7 +125,7 @@ class BundleInfo:
     sha256: str  # of manifest.json, which lists every file's sha256: it names the bundle's whole content
     backend: str
     device: str
-    precision: str  # what the runners run: fp32 or fp16 (TensorRT engines are built from the FP16 graphs)
+    precision: str  # what the runners run: fp32, fp16 (TensorRT's engines too), int8, or "fp32 (vision), int8 (tagger)"
     verified: bool  # the files' sha256 were checked against the manifest at start (not with --no-verify)
     stages: tuple[str, ...] = ()
 

@@ -20,6 +20,7 @@ _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 ON_BAD_IMAGE = ("error", "text-only")
 # runtime.image.MAX_PIXELS, what mner-export writes into a bundle's manifest (a test keeps them equal)
 BUNDLE_MAX_PIXELS = 40_000_000
+PRECISIONS = ("fp32", "fp16", "int8")  # runtime.bundle.PRECISIONS (a test keeps them equal)
 # runtime.picture_cache.DEFAULT_PICTURE_CACHE_BYTES in MiB (a test keeps them equal)
 PICTURE_CACHE_MIB = 64
 
@@ -30,8 +31,9 @@ PICTURE_CACHE_MIB = 64
                help="ort: ONNX Runtime; trt: the bundle's TensorRT engines for this GPU.")
 @clikit.option("--device", type=click.Choice(["cpu", "cuda"]), show_default=False,
                help="ort: cpu [default] or cuda (needs onnxruntime-gpu); trt: cuda.")
-@clikit.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
-               help="ort only: which graphs of the bundle to run (trt engines are built from the fp16 graphs).")
+@clikit.option("--precision", type=click.Choice(PRECISIONS), default="fp32",
+               help="ort only: which graphs of the bundle to run (trt engines are built from the fp16 graphs); int8: "
+                    "each stage's INT8 graph where the bundle has one (mner-export --int8), FP32 for the others.")
 @clikit.option("--threads", type=click.IntRange(min=1), show_default=False,
                help="Intra-op threads of ONNX Runtime per stage [default: ONNX Runtime's, one per core].")
 @clikit.option("--no-verify", is_flag=True,
@@ -100,6 +102,7 @@ def serve_command(bundle, backend, device, precision, threads, no_verify, host, 
     and limits once listening; SIGTERM drains, then stops."""
     with serve_logging.configured(log_format, level=logging.DEBUG if verbose else logging.INFO):
         from mner.runtime.pipeline import Pipeline  # noqa: PLC0415 -- numpy, ONNX Runtime: not for --help
+        from mner.runtime.bundle import describe_precisions, read_manifest, stage_precisions  # noqa: PLC0415
         from mner.runtime.serve import BundleInfo, serve  # noqa: PLC0415 -- the web stack: not for --help
 
         try:
@@ -118,6 +121,8 @@ def serve_command(bundle, backend, device, precision, threads, no_verify, host, 
         except (ValueError, RuntimeError) as error:
             raise click.ClickException(str(error)) from error
         with pipeline:
+            if precision == "int8":  # FP32 runs for the stages without an INT8 graph: say which run what
+                precision = describe_precisions(stage_precisions(read_manifest(bundle), precision))
             info = BundleInfo.of(bundle, backend=backend, device=device, precision=precision, verified=not no_verify,
                                  stages=tuple(runner.stage.name for runner in pipeline.runners))  # fmt: skip
             serve(pipeline, config, limits, host=host, port=port, bundle=info, access_log=access_log)
