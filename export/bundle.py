@@ -13,6 +13,7 @@ Layout::
       tokenizer/                  TextEncoder.save: tokenizer.json, aug_vocab.json, text_encoder.json
       detector.onnx vision.onnx tagger.onnx              FP32 graphs (the stages exported)
       detector.fp16.onnx vision.fp16.onnx tagger.fp16.onnx   mixed precision (--fp16 or --trt)
+      tagger.int8.onnx vision.int8.onnx                  INT8 for CPUs, each behind an accuracy guard (--int8, --int8-vision)
       engines/<gpu>-trt<version>/<stage>.plan, <stage>.meta.json, timing.cache   (--trt)
 
 manifest.json, format version 1 (``MANIFEST_FORMAT_VERSION``); every path is relative
@@ -54,7 +55,10 @@ to the bundle, with "/" separators::
         exporter       how the graph was made
         graphs         {"fp32": {"file"}, "fp16": {"file", "kept_fp32": fp16.Fp16Report.to_json()}};
                        "fp16" only with --fp16/--trt. Both precisions have the same inputs and outputs
-                       (FP16 graphs cast at their boundary).
+                       (FP16 graphs cast at their boundary). "int8": {"file", "method", "guard": {"passed":
+                       true, ...the figures}}, the tagger's with --int8 (export/int8.py: "word_agreement",
+                       "entity_f1": {"fp32", "int8"}, "f1_drop_points", "limits", "data"), the vision
+                       stage's with --int8-vision (export/vision_int8.py); same interface as FP32.
         weights        tagger: {"source": "checkpoint", "file", "sha256"};
                        vision/detector: {"arch", "source": "file", "file", "sha256", "identity"} or
                        {"arch", "source": "random", "seed", "identity"} -- torchvision's initialisation

@@ -11,6 +11,8 @@ Order, so that a mistake costs as little as possible and nothing half-done remai
    check it (onnx.checker, interface), run parity; with ``fp16``, convert, check,
    run parity again; the tagger also decodes the parity text;
 4. all parity failures, from every stage, raise one ``ParityError`` -- no bundle;
+   with ``int8``, the tagger's INT8 graph is then written and guarded (``export/int8.py``):
+   a graph less accurate than the guard allows raises ``Int8GuardError`` -- no bundle;
 5. TensorRT engines (``trt``), CRF and tokenizer files, the manifest, and the rename.
 """
 
@@ -33,6 +35,7 @@ from mner.export import vision_int8
 from mner.export.bundle import BundleWriter, check_destination, read_manifest, sha256_file
 from mner.export.fp16 import convert_to_fp16
 from mner.export.graph import EXPORTER, check_graph, export_graph
+from mner.export.int8 import gold_posts, write_int8_tagger
 from mner.export.parity import (
     ParityReport,
     TextSource,
@@ -46,7 +49,9 @@ from mner.export.spec import BuiltStage, Sources, StageSpec
 from mner.export.stage_choice import parse_stage_names, select_for_checkpoint
 from mner.export.stages import select_stages
 from mner.export.trt import build_engines, require_tensorrt
-from mner.runtime.conll import data_file
+from mner.runtime.bundle import stage_info
+from mner.runtime.conll import check_entity_types, data_file
+from mner.runtime.conll import read_conll as read_gold_conll
 from mner.runtime.image import preprocessing_constants
 from mner.train.checkpoint import load_checkpoint
 from mner.train.data import read_conll
@@ -73,6 +78,7 @@ def export_bundle(
     ckpt: str | os.PathLike,
     out: str | os.PathLike,
     fp16: bool = False,
+    int8: bool = False,
     trt: bool = False,
     resnet_weights: str | os.PathLike | None = None,
     detector_weights: str | os.PathLike | None = None,
@@ -94,7 +100,8 @@ def export_bundle(
     ``parity_data`` is TWITTER-format CoNLL data, a folder (its ``split`` file) or one file,
     whose every post the tag check decodes; None: seeded synthetic posts. ``progress`` as
     ``mner.runtime.progress``'s ``enabled``.
-    ``trt`` builds engines from the FP16 graphs, so it writes them too. ``vision_arch``
+    ``trt`` builds engines from the FP16 graphs, so it writes them too. ``int8`` also writes
+    the tagger's INT8 graph behind its accuracy guard on ``parity_data``, which it needs. ``vision_arch``
     and ``detector_size`` exist for tests and small demos (resnet50, a 128-pixel detector);
     the manifest records both. ``detector`` names the detector (``mner.train.detector_choice``).
     ``seed``, ``vision_arch``, ``detector`` and ``detector_size`` default to what the
@@ -118,11 +125,21 @@ def export_bundle(
     if int8_vision:  # refused before any work: with random weights the guard would mean nothing
         vision_int8.require_real_weights(resnet_weights)
     fp16 = fp16 or trt
+    gold = None
+    if int8:  # the guard's text is read before anything slow: no gold tags, no export
+        if parity_file is None:
+            raise ValueError("--int8 needs --data: TWITTER-format CoNLL with gold tags, on which the INT8 tagger's "
+                             "tag agreement with FP32 and entity F1 are measured before it is written")  # fmt: skip
+        gold = gold_posts(read_gold_conll(parity_file), parity_file.name)
 
     ckpt = Path(ckpt)
     checkpoint = load_checkpoint(ckpt)
     selection = select_for_checkpoint(stages, checkpoint.payload)
     specs = select_stages(selection.stages)
+    if gold is not None:
+        if "tagger" not in selection.stages:
+            raise ValueError(f"--int8 quantizes the tagger, which this export leaves out (stages: {', '.join(selection.stages)})")
+        check_entity_types(gold, checkpoint.scheme.entity_types, f"--data {parity_file}", f"the checkpoint {ckpt}")
     logger.info("stages: %s (%s)", ", ".join(selection.stages), selection.reason)
     if int8_vision and "vision" not in selection.stages:
         raise ValueError(f"--int8-vision quantizes the vision stage, which this export does not have (stages: "
@@ -164,6 +181,13 @@ def export_bundle(
         report.raise_if_failed()
         if int8_vision:  # after FP32 parity held: its graph is the one quantized and compared
             entries["vision"]["graphs"]["int8"] = vision_int8.write_int8_vision(writer.dir, entries["vision"]["weights"])
+        if gold is not None:  # after FP32 parity: the guard measures INT8 against the FP32 graph
+            tagger = entries["tagger"]
+            tagger["graphs"]["int8"] = write_int8_tagger(
+                stage_info(writer.dir, "tagger", tagger), writer.dir / tagger["graphs"]["fp32"]["file"],
+                writer.dir / next(s for s in specs if s.name == "tagger").graph_file("int8"), gold, parity_file.name,
+                checkpoint.text_encoder, checkpoint.scheme, checkpoint.crf_parameters(),
+            )  # fmt: skip
         engines = build_engines(trt_module, writer.dir, built_stages) if trt_module is not None else {}
 
         crf = checkpoint.crf_parameters()
