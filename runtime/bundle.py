@@ -221,7 +221,8 @@ class Bundle:
     def graph(self, stage: str, precision: str = "fp32") -> Path:
         info = self._stage_named(stage)
         if precision not in info.graphs:
-            remedy = f"export with `mner-export {PRECISION_FLAGS[precision]}`" if precision in PRECISION_FLAGS else "re-export the bundle"
+            flag = PRECISION_FLAGS.get(precision)
+            remedy = f"export with {flag} for {precision.upper()} graphs" if flag else "re-export the bundle"
             raise BundleError(f"{self.path}: stage {stage} has {sorted(info.graphs)} graphs, not {precision!r}; {remedy}")
         return info.graphs[precision]
 
