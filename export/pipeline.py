@@ -51,7 +51,6 @@ from mner.export.stages import select_stages
 from mner.export.trt import build_engines, require_tensorrt
 from mner.runtime.bundle import stage_info
 from mner.runtime.conll import check_entity_types, data_file
-from mner.runtime.conll import read_conll as read_gold_conll
 from mner.runtime.image import preprocessing_constants
 from mner.train.checkpoint import load_checkpoint
 from mner.train.data import read_conll
@@ -130,7 +129,7 @@ def export_bundle(
         if parity_file is None:
             raise ValueError("--int8 needs --data: TWITTER-format CoNLL with gold tags, on which the INT8 tagger's "
                              "tag agreement with FP32 and entity F1 are measured before it is written")  # fmt: skip
-        gold = gold_posts(read_gold_conll(parity_file), parity_file.name)
+        gold = gold_posts(read_conll(parity_file), parity_file.name)
 
     ckpt = Path(ckpt)
     checkpoint = load_checkpoint(ckpt)
@@ -165,7 +164,7 @@ def export_bundle(
         detector_arch=detector,
         detector_size=detector_size,
     )
-    text = _parity_text(parity_file, checkpoint, seed) if any(s.name == "tagger" for s in specs) else None
+    text = _parity_text(parity_file, checkpoint, seed, gold) if any(s.name == "tagger" for s in specs) else None
     report = ParityReport(text=text.description if text else {})
     precisions = ("fp32", "fp16") if fp16 else ("fp32",)
 
@@ -288,10 +287,11 @@ def _warn_unused_options(stages: tuple[str, ...], **options) -> None:
                            name.replace("_", "-"), users[name], ", ".join(stages))  # fmt: skip
 
 
-def _parity_text(path: Path | None, checkpoint, seed: int) -> TextSource:
+def _parity_text(path: Path | None, checkpoint, seed: int, read=None) -> TextSource:
+    """The parity posts: ``path``'s (``read``: its posts, when the INT8 guard has read them already), else synthetic."""
     if path is None:
         return synthetic_text(checkpoint.text_encoder, SYNTHETIC_POSTS, seed)
-    posts = [post.words for post in read_conll(path)]
+    posts = [post.words for post in (read if read is not None else read_conll(path))]
     if not posts:
         raise ValueError(f"--data {path} holds no posts")
     return TextSource(posts, {"source": path.name, "sha256": sha256_file(path), "posts": len(posts)})
