@@ -8,14 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from mner.benchmarks import bench
 from mner.benchmarks import cli as bench_cli
 from mner.benchmarks.cli import bench_command, summary_lines
 from mner.benchmarks.report import PLOTS, write_report
-from mner.export.pipeline import export_bundle
 from mner.export.random_checkpoint import make_random_checkpoint
 from mner.runtime import bundle as bundle_module
 from mner.runtime.conll import SPLIT_FILES, read_conll
@@ -27,18 +25,12 @@ SMALL = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "i
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(full_bundle, small_ckpt, tmp_path_factory):
+    """The session's full bundle (tests/conftest.py: ResNet-50, a 128-pixel RetinaNet, the tiny tagger; FP32 and FP16)
+    and its checkpoint, measured on a sample corpus of 14 test posts, some with pictures."""
     root = tmp_path_factory.mktemp("bench")
     corpus = write_sample_corpus(root / "sample", seed=0, sizes={"train": 20, "valid": 4, "test": 14})
-    words = [w for post in read_conll(corpus / "train.txt") for w in post.words]
-    checkpoint = make_random_checkpoint(root / "best.pt", preset="tiny", seed=0, words=words, **SMALL)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        export_bundle(ckpt=checkpoint, out=root / "bundle", vision_arch="resnet50", detector_size=128, seed=0)
-    finally:
-        torch.set_num_threads(threads)
-    return {"bundle": root / "bundle", "checkpoint": checkpoint, "corpus": corpus, "root": root}
+    return {"bundle": full_bundle, "checkpoint": small_ckpt, "corpus": corpus, "root": root}
 
 
 @pytest.fixture(autouse=True)
@@ -222,9 +214,10 @@ def test_cli_errors_are_one_clear_line(exported, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_a_backend_the_bundle_cannot_serve_fails_with_the_reason(exported):
+def test_a_backend_the_bundle_cannot_serve_fails_with_the_reason(tagger_bundle):
+    # tests/conftest.py's tagger-only bundle was exported without --fp16 (the full one has FP16 graphs)
     with pytest.raises(RuntimeError, match="ort-fp16.*fp16"):
-        bench.run_bench(exported["bundle"], ["ort-fp16"], [1], max_posts=2, warmup=0, min_batches=1,
+        bench.run_bench(tagger_bundle.bundle, ["ort-fp16"], [1], max_posts=2, warmup=0, min_batches=1,
                         echo=lambda line: None)  # fmt: skip
 
 

@@ -7,18 +7,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 
 from mner.benchmarks import raw_text
 from mner.benchmarks.raw_text import SplitStats, main, measure_split, rejoin
-from mner.export.pipeline import export_bundle
-from mner.export.random_checkpoint import make_random_checkpoint
 from mner.runtime.conll import read_conll
 from mner.train.sample import write_sample_corpus
 
 TWITTER2017 = Path(__file__).resolve().parents[3] / "shared" / "data" / "twitter2017"
-SMALL = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
-         "augmentation_dim": 16, "vocab_size": 1500}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -63,19 +58,14 @@ def test_twitter2017_raw_tweets_split_back_within_the_targets():
 
 
 @pytest.fixture(scope="module")
-def small_bundle(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """(sample corpus, random-weights checkpoint, its tagger bundle): seconds to build, real files."""
+def small_bundle(tagger_bundle, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(sample corpus, random-weights checkpoint, its tagger bundle), side by side in one folder as the --cli test's
+    relative paths need: a sample corpus and links to the session's tagger-only bundle (tests/conftest.py)."""
     root = tmp_path_factory.mktemp("raw-text")
     corpus = write_sample_corpus(root / "sample", seed=0, sizes={"train": 20, "valid": 4, "test": 40})
-    words = [w for post in read_conll(corpus / "train.txt") for w in post.words]
-    checkpoint = make_random_checkpoint(root / "best.pt", preset="tiny", seed=0, words=words, **SMALL)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        export_bundle(ckpt=checkpoint, out=root / "bundle", stages="tagger", seed=0)
-    finally:
-        torch.set_num_threads(threads)
-    return corpus, checkpoint, root / "bundle"
+    (root / "best.pt").symlink_to(tagger_bundle.checkpoint)
+    (root / "bundle").symlink_to(tagger_bundle.bundle, target_is_directory=True)
+    return corpus, root / "best.pt", root / "bundle"
 
 
 def test_report_with_a_real_bundle_scores_raw_tweets_as_the_words(small_bundle, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from mner.benchmarks import robustness
-from mner.benchmarks.robustness import Case, Observed, Row, _parse_reply, build_cases, build_bundle, main, render, status_kind
+from mner.benchmarks.robustness import Case, Observed, Row, _parse_reply, build_cases, main, render, status_kind
 from mner.runtime.serve_batcher import ServeConfig
 
 # A few classes of each group where the tagger-only bundle answers as a full one would (the timeout classes take
@@ -19,11 +19,13 @@ SOME = ("integer of 5,000 digits", "nesting 100,000 levels", "ReDoS: part header
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return build_bundle(tmp_path_factory.mktemp("robustness"))
+def bundle(tagger_bundle):
+    """The tiny tagger-only bundle the script builds when given no --engine (build_bundle), built once per session
+    in tests/conftest.py."""
+    return tagger_bundle.bundle
 
 
-@pytest.mark.slow  # ~35 s to export the bundle, ~15 s to run (a server, three mner-tag processes)
+@pytest.mark.slow  # ~15 s to run (a server, three mner-tag processes), besides the session's tagger bundle
 def test_the_report_of_a_few_classes_has_its_sections_and_no_500(bundle, tmp_path):
     out = tmp_path / "robustness.md"
     args = ["--engine", str(bundle), "--out", str(out), "--quick", "--no-fairness"]
