@@ -100,7 +100,9 @@ def test_resume_continues_exactly(tmp_path, corpus, monkeypatch):
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
-def test_training_with_images_uses_cached_features(tmp_path, corpus):
+def test_training_with_images_uses_cached_features(tmp_path, corpus, stand_in_encoders):
+    # Stand-in encoders (tests/conftest.py) with ResNet's and RetinaNet's interfaces: the subject is the feature
+    # cache and the masks; training through the real ones is tests/benchmarks/test_demo.py's.
     images = corpus / "images"
     args = quick_args(tmp_path, corpus, "images", epochs=1, images_dir=images, grid_arch="resnet50", detector_size=128)
     summary = train(args)
