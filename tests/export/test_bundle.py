@@ -169,7 +169,8 @@ def test_overwrite_replaces_only_after_success(tmp_path):
     assert (out / "crf.npz").read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
-def test_parity_failure_lists_every_output_and_writes_nothing(small_ckpt, tmp_path, monkeypatch):
+def test_parity_failure_lists_every_output_and_writes_nothing(small_ckpt, tmp_path, monkeypatch, reuse_exported_graphs):
+    # the tagger's graph is the session's (full_bundle's): the subject is the parity checks that follow the export
     strict = dataclasses.replace(stages_module.STAGES["tagger"], tolerance={"emissions": 1e-12})
     monkeypatch.setitem(stages_module.STAGES, "tagger", strict)
     out = tmp_path / "bundle"

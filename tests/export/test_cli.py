@@ -92,15 +92,17 @@ def test_a_text_only_checkpoint_exports_the_tagger_alone(text_only_ckpt, tmp_pat
                         "(stages: tagger; name it in --stages to add it)"]  # fmt: skip
 
 
-def test_naming_image_stages_for_a_text_only_model_exports_them_and_warns(text_only_ckpt, tmp_path, caplog):
+def test_naming_image_stages_for_a_text_only_model_exports_them_and_warns(text_only_ckpt, tmp_path, caplog,
+                                                                         stand_in_encoders):  # fmt: skip
     out = tmp_path / "bundle"
-    # vision alone keeps the test short (the tagger's export is the test above); what matters is the warning
+    # vision alone, as a stand-in encoder (tests/conftest.py), keeps the test short (the tagger's export is the test
+    # above, ResNet's is tests/export/test_stages.py's); what matters is the warning
     result = invoke("--checkpoint", text_only_ckpt, "-o", out, "--stages", "vision", "--vision-arch", "resnet50",
                     "--no-progress")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "stages: vision (fp32)\n" in result.output
     assert "why: named by --stages; trained by mner-train without --images" in result.output
-    # (mner.train.vision also warns: ResNet-50 without a weights file has random weights.)
+    # (the exporter's only: with the real ResNet-50, mner.train.vision also warns that its weights are random)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("mner.export")]
     assert warnings == ["exporting vision for a model that never saw a picture (trained by mner-train without --images): "
                         "pictures sent to this bundle reach a tagger whose image path only ever had masked, all-zero "
@@ -112,8 +114,9 @@ def test_naming_image_stages_for_a_text_only_model_exports_them_and_warns(text_o
     assert manifest["stage_selection"]["pictures_in_training"] is False
 
 
-def test_cli_exports_the_tagger_with_the_old_spellings(small_ckpt, tmp_path):
-    """`mner-export --ckpt best.pt --out BUNDLE` is how users were told to call it: it keeps working."""
+def test_cli_exports_the_tagger_with_the_old_spellings(small_ckpt, tmp_path, reuse_exported_graphs):
+    """`mner-export --ckpt best.pt --out BUNDLE` is how users were told to call it: it keeps working.
+    (The tagger's graph is the session's: test_a_text_only_checkpoint_exports_the_tagger_alone traces one.)"""
     out = tmp_path / "bundle"
     result = invoke("--ckpt", small_ckpt, "--out", out, "--stages", "tagger", "--seed", 3)
     assert result.exit_code == 0, result.output
