@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from mner.export import int8 as int8_module
 from mner.export.cli import export_command
 from mner.export.int8 import METHOD, GuardReport, Int8GuardError, check_guard, guard_tagger
+from mner.export import pipeline as export_pipeline
 from mner.export.pipeline import export_bundle
 from mner.runtime.bundle import Bundle
 from mner.runtime.cli import tag_command
@@ -32,12 +33,16 @@ FIGURES = r"tag agreement with FP32 \d+\.\d\d % \(\d+ of \d+ words; needs >= 99 
 
 
 @pytest.fixture(scope="module")
-def int8_export(text_only_ckpt, tmp_path_factory):
-    """mner-export --int8 --data <the sample corpus> of the text-only model: (bundle, the command's output, corpus)."""
+def int8_export(text_only_ckpt, graph_cache, tmp_path_factory):
+    """mner-export --int8 --data <the sample corpus> of the text-only model: (bundle, the command's output, corpus).
+    Its FP32 graph is test_cli.py's trace of the same tagger where that ran first (tests/conftest.py's graph_cache):
+    what is tested here is what --int8 does with it."""
     corpus = text_only_ckpt.parents[1] / "corpus"
     out = tmp_path_factory.mktemp("int8") / "bundle"
-    result = CliRunner().invoke(export_command, ["--checkpoint", str(text_only_ckpt), "-o", str(out), "--int8",
-                                                 "--data", str(corpus), "--no-progress"])  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("mner.export.pipeline.export_graph", graph_cache.wrap(export_pipeline.export_graph))
+        result = CliRunner().invoke(export_command, ["--checkpoint", str(text_only_ckpt), "-o", str(out), "--int8",
+                                                     "--data", str(corpus), "--no-progress"])  # fmt: skip
     assert result.exit_code == 0, result.output
     return out, result.output, corpus
 
@@ -126,11 +131,8 @@ def test_the_guard_refuses_a_degraded_int8_graph_naming_both_figures(int8_export
 
 
 def test_export_refuses_a_degraded_int8_graph_and_writes_nothing(int8_export, degraded_graph, text_only_ckpt,
-                                                                 tmp_path, monkeypatch):  # fmt: skip
-    # The FP32 graph is the one the fixture exported from the same checkpoint (torch.onnx's trace is the slow
-    # part, and it is not what is tested); quantizing gives the degraded graph.
-    monkeypatch.setattr("mner.export.pipeline.export_graph",
-                        lambda spec, built, path, seed: shutil.copyfile(int8_export[0] / "tagger.onnx", path))
+                                                                 tmp_path, monkeypatch, reuse_exported_graphs):  # fmt: skip
+    # The FP32 graph is the session's trace of this tagger (reuse_exported_graphs); quantizing gives the degraded one.
     monkeypatch.setattr(int8_module, "quantize_tagger", lambda fp32, int8: shutil.copyfile(degraded_graph, int8))
     out = tmp_path / "exports" / "bundle"
     with pytest.raises(Int8GuardError, match=FIGURES + r"\. No bundle was written"):
