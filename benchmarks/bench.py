@@ -641,20 +641,26 @@ def build_report(
 
 
 TARGET_BATCH = 8
-TARGETS = (("tagger throughput, runtime (ort) over the reference (torch)", "tagger_posts_s", 2.0),
-           ("end-to-end throughput, runtime (ort) over the reference (torch)", "throughput_posts_s", 1.5))  # fmt: skip
+# (what, runtime backend, metric, ratio over the reference wanted): the tagger targets were set for
+# TWITTER-2017's text posts, the end-to-end one for posts with pictures as well.
+TARGETS = (("tagger throughput, runtime FP32 (ort) over the reference (torch)", "ort", "tagger_posts_s", 2.5),
+           ("tagger throughput, runtime INT8 (ort-int8) over the reference (torch)", "ort-int8", "tagger_posts_s", 5.0),
+           ("end-to-end throughput, runtime FP32 (ort) over the reference (torch)", "ort", "throughput_posts_s", 1.5))  # fmt: skip
 
 
 def targets(report: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The issue's CPU targets at batch 8, where the report has both torch and ort at batch 8."""
+    """The CPU targets at batch 8: one row per target whose runtime backend ran beside torch at batch 8."""
     backends = report["backends"]
     key = str(TARGET_BATCH)
-    if not all(name in backends and key in backends[name]["batches"] for name in ("torch", "ort")):
+    ran = {name for name, run in backends.items() if key in run["batches"]}
+    if "torch" not in ran:
         return []
     rows = []
-    for what, metric, wanted in TARGETS:
-        ort, torch = backends["ort"]["batches"][key][metric], backends["torch"]["batches"][key][metric]
-        ratio = ort / torch if ort and torch else None
+    for what, backend, metric, wanted in TARGETS:
+        if backend not in ran:
+            continue
+        runtime, torch = backends[backend]["batches"][key][metric], backends["torch"]["batches"][key][metric]
+        ratio = runtime / torch if runtime and torch else None
         rows.append({"what": what, "batch_size": TARGET_BATCH, "target": wanted, "measured": ratio,
                      "met": ratio is not None and ratio >= wanted})  # fmt: skip
     return rows

@@ -183,12 +183,14 @@ def test_agreement_counts_words_and_skips_refused_posts():
 
 
 def test_targets_say_met_or_missed_from_the_two_backends():
-    def report(ort_tagger, ort_e2e):
-        run = lambda tagger, e2e: {"batches": {"8": {"tagger_posts_s": tagger, "throughput_posts_s": e2e}}}  # noqa: E731
-        return {"backends": {"torch": run(10.0, 10.0), "ort": run(ort_tagger, ort_e2e)}}
-
-    rows = bench.targets(report(25.0, 12.0))
+    run = lambda tagger, e2e: {"batches": {"8": {"tagger_posts_s": tagger, "throughput_posts_s": e2e}}}  # noqa: E731
+    rows = bench.targets({"backends": {"torch": run(10.0, 10.0), "ort": run(25.0, 12.0)}})
     assert [(row["measured"], row["met"]) for row in rows] == [(2.5, True), (1.2, False)]
+    assert [row["what"].split(",")[1] for row in rows] == [" runtime FP32 (ort) over the reference (torch)"] * 2
+    with_int8 = bench.targets({"backends": {"torch": run(10.0, 10.0), "ort": run(25.0, 16.0), "ort-int8": run(49.0, 30.0)}})
+    assert [(row["what"].split()[3], row["measured"], row["met"]) for row in with_int8] == [
+        ("FP32", 2.5, True), ("INT8", 4.9, False), ("FP32", 1.6, True)]
+    assert bench.targets({"backends": {"torch": run(10.0, 10.0), "ort": {"batches": {"1": {}}}}}) == []  # no B=8
     assert bench.targets({"backends": {"ort": {"batches": {"8": {}}}}}) == []  # no reference, no targets
 
 
