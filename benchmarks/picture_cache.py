@@ -1,6 +1,6 @@
 """What the picture cache saves per picture: a repeated picture (a hit) against a new one (a miss).
 
-    python benchmarks/results/picture-cache/measure.py BUNDLE [--posts 8] [--repeats 5] [--threads N] [--json out.json]
+    python -m mner.benchmarks.picture_cache BUNDLE [--posts 8] [--repeats 5] [--threads N] [--json out.json]
 
 BUNDLE must have the detector and vision stages. The pictures are real photographs: matplotlib's sample photos
 (and scikit-image's, where it is installed), cropped and flipped into ``--posts`` distinct JPEGs (distinct bytes,
@@ -48,7 +48,8 @@ def photos(count: int) -> list[bytes]:
         cut = k // len(sources)  # each pass over the sources crops a little more, and flips every other time
         crop = picture[cut * height // 20 :, cut * width // 20 :]
         out.append(cv2.imencode(".jpg", crop[:, ::-1] if cut % 2 else crop, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
-    assert len({hashlib.sha256(p).digest() for p in out}) == count
+    if len({hashlib.sha256(p).digest() for p in out}) != count:
+        raise RuntimeError(f"the {count} cut photographs are not all distinct")
     return out
 
 
@@ -84,9 +85,11 @@ def main() -> None:
                 steps[key].append({step: s / len(posts) * 1000 for step, s in clock.items()})
                 if key == "miss":
                     expected = found
-                assert found == expected, f"{key}: the entities differ from the misses'"
+                if found != expected:
+                    raise RuntimeError(f"{key}: the entities differ from the misses'")
             stats = cached.picture_cache.stats()
-            assert stats.hits == len(posts), stats
+            if stats.hits != len(posts):
+                raise RuntimeError(f"expected {len(posts)} hits in the second pass, the cache says {stats}")
     started = time.perf_counter()
     for picture in pictures:
         hashlib.sha256(picture).digest()
