@@ -133,6 +133,16 @@ class GraphCache:
 
         return cached_export_graph
 
+    @contextlib.contextmanager
+    def reused(self):
+        """export_bundle inside the block goes through the cache (for module- and session-scoped fixtures;
+        tests take ``reuse_exported_graphs``)."""
+        from mner.export import pipeline  # noqa: PLC0415
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(pipeline, "export_graph", self.wrap(pipeline.export_graph))
+            yield self
+
 
 @pytest.fixture(scope="session")
 def graph_cache(tmp_path_factory) -> GraphCache:
@@ -140,15 +150,13 @@ def graph_cache(tmp_path_factory) -> GraphCache:
 
 
 @pytest.fixture
-def reuse_exported_graphs(graph_cache, monkeypatch) -> GraphCache:
+def reuse_exported_graphs(graph_cache) -> GraphCache:
     """Exports in this test take a graph already exported this session from the same module (``full_bundle``'s,
-    for ``small_ckpt``) instead of tracing it again (~30 CPU seconds for the tiny tagger): for tests whose subject
-    is what export does around the graph (parity, the CLI, the manifest), not torch.onnx's trace of it. A test run
-    before ``full_bundle`` was exported (alone, say) traces its graphs as usual."""
-    from mner.export import pipeline  # noqa: PLC0415
-
-    monkeypatch.setattr(pipeline, "export_graph", graph_cache.wrap(pipeline.export_graph))
-    return graph_cache
+    for ``small_ckpt``) instead of tracing it again (~30 CPU seconds for the tiny tagger), and leave theirs for
+    later ones: for tests whose subject is what export does around the graph (parity, the CLI, the manifest), not
+    torch.onnx's trace of it. The first export of a module (a test run alone, say) traces it as usual."""
+    with graph_cache.reused():
+        yield graph_cache
 
 
 @pytest.fixture(scope="session")
@@ -178,10 +186,7 @@ def full_bundle(small_ckpt, graph_cache, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("bundles") / "full"
     test_text = TWITTER2017 / "test.txt"
-    with torch_on_one_thread(), pytest.MonkeyPatch.context() as patch:
-        from mner.export import pipeline  # noqa: PLC0415
-
-        patch.setattr(pipeline, "export_graph", graph_cache.wrap(pipeline.export_graph))  # its graphs, for later tests
+    with torch_on_one_thread(), graph_cache.reused():  # its graphs, for later exports of the same modules
         export_bundle(ckpt=small_ckpt, out=out, fp16=True, parity_data=test_text if test_text.is_file() else None,
                       seed=0, **FAST)  # fmt: skip
     return out

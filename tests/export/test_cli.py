@@ -62,7 +62,8 @@ def test_without_the_train_extra_the_command_names_the_install(monkeypatch, tmp_
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_text_only_checkpoint_exports_the_tagger_alone(text_only_ckpt, tmp_path, caplog):
+def test_a_text_only_checkpoint_exports_the_tagger_alone(text_only_ckpt, tmp_path, caplog, reuse_exported_graphs):
+    # the session's first export of this tagger: traced here (a real trace through the CLI), kept for later exports of it
     caplog.set_level(logging.INFO, logger="mner")
     corpus = text_only_ckpt.parents[1] / "corpus"
     weights = tmp_path / "resnet.pth"
