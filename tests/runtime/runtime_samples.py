@@ -1,9 +1,13 @@
 """Inputs several runtime tests share: pictures, a decompression-bomb header, a toy ONNX graph."""
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
+
+from mner.runtime.bundle import StageInfo, TensorInfo
 
 
 def jpeg(height: int, width: int, seed: int) -> bytes:
@@ -37,3 +41,18 @@ def toy_graph() -> onnx.ModelProto:
     )
     onnx.checker.check_model(model)
     return model
+
+
+# The interface toy_graph declares, as a bundle's manifest would describe it.
+TOY_STAGE = StageInfo(
+    "toy",
+    inputs=(TensorInfo("x", "float32", ("batch", 3)), TensorInfo("ids", "int64", ("batch", "sequence"))),
+    outputs=(TensorInfo("y", "float32", ("batch", 3)), TensorInfo("next_ids", "int64", ("batch", "sequence"))),
+    axes={"batch": (1, 8), "sequence": (1, 5)},
+)
+
+
+def save_toy_graph(folder) -> Path:
+    path = Path(folder) / "toy.onnx"
+    onnx.save(toy_graph(), str(path))
+    return path

@@ -1,27 +1,16 @@
 """runners.OrtSettings: the one place an ONNX Runtime session's options come from (issue 15, item 3)."""
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 
-from mner.runtime.bundle import StageInfo, TensorInfo
 from mner.runtime.runners import DEFAULT_ORT_SETTINGS, GRAPH_OPTIMIZATIONS, OrtRunner, OrtSettings
-from runtime_samples import toy_graph
-
-STAGE = StageInfo(
-    "toy",
-    inputs=(TensorInfo("x", "float32", ("batch", 3)), TensorInfo("ids", "int64", ("batch", "sequence"))),
-    outputs=(TensorInfo("y", "float32", ("batch", 3)), TensorInfo("next_ids", "int64", ("batch", "sequence"))),
-    axes={"batch": (1, 8), "sequence": (1, 5)},
-)
-
+from runtime_samples import TOY_STAGE as STAGE
+from runtime_samples import save_toy_graph
 
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
-    path = tmp_path_factory.mktemp("graph") / "toy.onnx"
-    onnx.save(toy_graph(), str(path))
-    return path
+    return save_toy_graph(tmp_path_factory.mktemp("graph"))
 
 
 def spinning(options: ort.SessionOptions) -> tuple[str, str]:

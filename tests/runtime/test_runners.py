@@ -1,28 +1,17 @@
 """mner.runtime.runners: the Runner interface, its input checks, OrtRunner and TorchRunner on a small graph."""
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 
 from mner.runtime.bundle import BundleError, StageInfo, TensorInfo
 from mner.runtime.runners import OrtRunner, Runner, TorchRunner, check_feed, profile_axes
-from runtime_samples import toy_graph
-
-STAGE = StageInfo(
-    "toy",
-    inputs=(TensorInfo("x", "float32", ("batch", 3)), TensorInfo("ids", "int64", ("batch", "sequence"))),
-    outputs=(TensorInfo("y", "float32", ("batch", 3)), TensorInfo("next_ids", "int64", ("batch", "sequence"))),
-    axes={"batch": (1, 8), "sequence": (1, 5)},
-)
-
+from runtime_samples import TOY_STAGE as STAGE
+from runtime_samples import save_toy_graph
 
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
-    model = toy_graph()
-    path = tmp_path_factory.mktemp("graph") / "toy.onnx"
-    onnx.save(model, str(path))
-    return path
+    return save_toy_graph(tmp_path_factory.mktemp("graph"))
 
 
 def feed(batch=2, sequence=4):
