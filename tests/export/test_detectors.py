@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from torch import nn
 
 from mner.export.cli import export_command
 from mner.export.detector import choose_detector, selection_settings
@@ -28,31 +27,14 @@ from mner.runtime.bundle import sha256_file
 from mner.runtime.coco import select_objects
 from mner.runtime.image import detector_tensor, load_image
 from mner.train.checkpoint import load_checkpoint, save_checkpoint
-from mner.train.detectors import DETECTOR_TOP_K, ObjectDetector, SSDliteDetector
+from mner.train.detectors import DETECTOR_TOP_K, ObjectDetector
 from mner.train.trainer import TrainArgs
+from detector_samples import calibrated
 
 SMALL = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
          "augmentation_dim": 16, "vocab_size": 1500}  # fmt: skip
 SSDLITE, FRCNN = "ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn"
 SHARPEN = {SSDLITE: 3.0, FRCNN: 5.0}  # class-logit scale: candidates well apart, few scores saturated at 1
-
-
-def calibrated(detector: ObjectDetector, sharpen: float) -> ObjectDetector:
-    """BatchNorm statistics from a few pictures and sharpened class logits (see the module docstring)."""
-    for module in detector.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # a cumulative average: one batch sets the statistics
-    pictures = synthetic_pictures(4, np.random.default_rng(3))
-    detector.train()
-    with torch.no_grad():
-        detector(torch.from_numpy(np.stack([detector_tensor(p, detector.size)[0] for p in pictures])))
-        if isinstance(detector, SSDliteDetector):
-            for block in detector.model.head.classification_head.module_list:
-                block[-1].weight.mul_(sharpen)
-        else:
-            detector.model.roi_heads.box_predictor.cls_score.weight.mul_(sharpen)
-    return detector.eval()
 
 
 def real_photos() -> list[np.ndarray]:
