@@ -55,7 +55,7 @@ def triton_command(bundle, output, flavour, precision, engines, kind, batch_size
                    instances, front_instances, max_text_chars, verbose) -> None:  # fmt: skip
     """Write a Triton Inference Server model repository for a bundle: the stage models detector, vision and
     tagger, and the front model mner (TEXT, optional IMAGE -> ENTITIES, the JSON mner-serve answers)."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s")
     from mner.runtime.triton_repository import RepositoryOptions, write_repository  # noqa: PLC0415 -- not for --help
 
     try:
@@ -66,6 +66,8 @@ def triton_command(bundle, output, flavour, precision, engines, kind, batch_size
         out = write_repository(bundle, output, options)
     except ValueError as error:  # BundleError is one
         raise click.ClickException(str(error)) from error
+    except OSError as error:  # -o under a file, a full disk, no permission: one line, not a traceback (as mner-tag)
+        raise click.ClickException(f"{error.filename or 'a file'}: {error.strerror or error}") from error
     models = sorted(p.parent.name for p in out.glob("*/config.pbtxt"))
     click.echo(f"wrote {out}: models {', '.join(models)} ({flavour} flavour); clients call the model 'mner'")
 

@@ -18,7 +18,7 @@ What this module does that a plain ``tritonserver`` command line would not:
   puts one in ``.venv/triton-numpy``); mner's runtime runs on either.
 - HTTP, gRPC and metrics bound to 127.0.0.1 on free ports; ``stop()`` ends the server and its stubs.
 
-``python -m mner.runtime.triton_local REPOSITORY --numpy DIR`` runs one in the foreground.
+``python -m mner.runtime.triton_local REPOSITORY [--http-port 8000] [--numpy DIR]`` runs one in the foreground.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ class LocalTriton:
     """``with LocalTriton(repository, python_path=[numpy1_dir]) as server: server.http_url``."""
 
     def __init__(self, repository: str | os.PathLike, *, python_path: list[str], workdir: str | os.PathLike | None = None,
-                 start_timeout_s: float = 180.0, log_path: str | os.PathLike | None = None) -> None:  # fmt: skip
+                 start_timeout_s: float = 180.0, log_path: str | os.PathLike | None = None,
+                 http_port: int = 0) -> None:  # fmt: skip
         self.repository = Path(repository).resolve()
         if not (self.repository.is_dir()):
             raise ValueError(f"{repository} is not a model repository directory")
@@ -95,6 +96,7 @@ class LocalTriton:
         self.start_timeout_s = start_timeout_s
         self.log_path = Path(log_path) if log_path is not None else self.workdir / "tritonserver.log"
         self.process: subprocess.Popen | None = None
+        self.requested_http_port = http_port  # 0: a free one
         self.http_port = self.grpc_port = self.metrics_port = 0
 
     @property
@@ -114,7 +116,8 @@ class LocalTriton:
         libdir = sysconfig.get_config_var("LIBDIR") or ""
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
         env["PYTHONPATH"] = os.pathsep.join([*self.python_path, *mner_python_path()])
-        self.http_port, self.grpc_port, self.metrics_port = _free_port(), _free_port(), _free_port()
+        self.http_port = self.requested_http_port or _free_port()
+        self.grpc_port, self.metrics_port = _free_port(), _free_port()
         command = [str(binary), "--model-repository", str(self.repository), "--backend-directory", str(backends),
                    "--http-address", "127.0.0.1", "--http-port", str(self.http_port),
                    "--grpc-address", "127.0.0.1", "--grpc-port", str(self.grpc_port),
@@ -173,3 +176,36 @@ class LocalTriton:
         self.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mner.runtime.triton_local REPOSITORY [--numpy DIR]``: serve until Ctrl+C (or SIGTERM)."""
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="python -m mner.runtime.triton_local", description=main.__doc__)
+    parser.add_argument("repository", help="a model repository mner-triton wrote (python flavour)")
+    parser.add_argument("--numpy", default=str(Path(sys.prefix) / "triton-numpy"),
+                        help="a folder holding NumPy < 2 for the Python-backend stub [default: %(default)s, "
+                             "where make install puts it]")  # fmt: skip
+    parser.add_argument("--http-port", type=int, default=8000, help="[default: %(default)s; 0: a free one]")
+    args = parser.parse_args(argv)
+    if not (Path(args.numpy) / "numpy").is_dir():
+        parser.error(f"{args.numpy} holds no numpy: pip install --target {args.numpy} 'numpy<2'")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        server = LocalTriton(args.repository, python_path=[args.numpy], http_port=args.http_port).start()
+    except (TritonUnavailable, RuntimeError, ValueError) as error:
+        parser.exit(1, f"error: {error}\n")
+    logger.info("tritonserver ready: HTTP http://%s, gRPC 127.0.0.1:%d, metrics http://127.0.0.1:%d/metrics; "
+                "its log: %s; Ctrl+C stops it", server.http_url, server.grpc_port, server.metrics_port, server.log_path)  # fmt: skip
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        server.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
