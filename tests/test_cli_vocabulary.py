@@ -26,6 +26,7 @@ COMMANDS = {
     "mner-tag": "mner.runtime.cli:tag_command",
     "mner-serve": "mner.runtime.serve_cli:serve_command",
     "mner-bench": "mner.benchmarks.cli:bench_command",
+    "mner-triton": "mner.runtime.triton_cli:triton_command",
 }
 # What every command has from the shared kit, so the table need not repeat it on each row.
 EVERYWHERE = {"-h", "--help", "--version"}
