@@ -109,9 +109,10 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike,
                      options: RepositoryOptions = RepositoryOptions()) -> Path:  # fmt: skip
     """Write the model repository for ``bundle`` into ``out`` (absent or empty) and return its path.
 
-    Raises BundleError for a bundle that does not open (a hash that differs, say), ValueError for options the
-    bundle cannot serve (an INT8 precision without INT8 graphs is fine: those stages run FP32; engines that
-    are not in the bundle, or whose profiles are smaller than ``max_batch_size``, are not).
+    Raises BundleError for a bundle that does not open (a hash that differs, say) or lacks the graphs
+    ``precision`` asks for (precision int8 runs FP32 for a stage without an INT8 graph, but the tagger must
+    have one, as for mner-tag), ValueError for other options the bundle cannot serve (engines that are not in
+    the bundle, or whose profiles are smaller than ``max_batch_size``).
     """
     opened = Bundle.open(bundle, verify=True)
     out = Path(out)
