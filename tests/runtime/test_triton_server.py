@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 import matplotlib
@@ -222,3 +223,39 @@ def test_the_native_flavour_loads_up_to_its_missing_backend(exported_once, tmp_p
     for why in failures.values():
         assert why.startswith("Invalid argument: unable to find backend library for backend 'onnxruntime'"), why
     assert "successfully loaded 'mner'" in log  # the front model checked the stage models' files and loaded
+
+
+SLOW_STAGE = '''
+
+import time  # noqa: E402
+
+from mner.runtime.triton_models import StageModel  # noqa: E402
+
+
+class TritonPythonModel(StageModel):  # noqa: F811 -- the test's slow stage: two seconds in every call
+    def execute(self, requests):
+        time.sleep(2.0)
+        return super().execute(requests)
+'''
+
+
+def test_detector_and_vision_run_at_the_same_time(exported_once, tmp_path):
+    """With detector and vision each made to take two seconds per call, a post with a picture takes about two
+    seconds, not four: the front model's two BLS requests are in flight together (the pipeline's two image
+    threads, each a blocking BLS request)."""
+    repository = write_repository(exported_once.bundle, tmp_path / "repository")
+    for stage in ("detector", "vision"):
+        model = repository / stage / "1" / "model.py"
+        model.write_text(model.read_text() + SLOW_STAGE)
+    server = start(repository, tmp_path / "server")
+    client = http.InferenceServerClient(server.http_url)
+    try:
+        client.infer("mner", inputs([b"warm up"]))  # text only: the stages of pictures are not called
+        began = time.perf_counter()
+        (answer,) = answers(client.infer("mner", inputs([b"Grace Hopper in Boston"], [photo(PHOTOS[0])])))
+        took = time.perf_counter() - began
+    finally:
+        client.close()
+        server.stop()
+    assert "entities" in answer
+    assert 2.0 <= took < 3.5, f"a post with a picture took {took:.2f} s with two 2-second stages"
