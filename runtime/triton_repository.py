@@ -63,7 +63,7 @@ class RepositoryOptions:
     """How the models are served. Every default says what Triton does with it."""
 
     flavour: str = "python"  # "python": the Python backend runs the stages; "native": Triton's own backends
-    precision: str = "fp32"  # native ORT stages: which graphs ("int8": the INT8 graph where a stage has one)
+    precision: str = "fp32"  # which ONNX graphs the stages serve ("int8": the INT8 graph where a stage has one)
     engines: str | None = None  # native: a folder under the bundle's engines/ -> tensorrt_plan stage models
     kind: str | None = None  # instance kind of the stage models; None: "gpu" for native, "cpu" for python
     max_batch_size: int = 32  # posts per front-model call, and rows per stage call (the pipeline's batch size)
@@ -232,6 +232,11 @@ def _quote(text: str) -> str:
 def _stage_files(bundle: Bundle, stages: Sequence[str], options: RepositoryOptions) -> dict[str, tuple[Path, str]]:
     """stage -> (the bundle file it serves, its name in the model's version folder)."""
     if options.engines is None:
+        small = [f"{name} takes at most {bundle.stages[name].axes['batch'][1]} rows" for name in stages
+                 if bundle.stages[name].axes.get("batch", (1, 0))[1] < options.max_batch_size]  # fmt: skip
+        if small:
+            raise ValueError(f"{bundle.path}: max_batch_size {options.max_batch_size} is more than the graphs take: "
+                             + "; ".join(small))  # fmt: skip
         precisions = bundle.stage_precisions(options.precision)
         return {name: (bundle.graph(name, precisions[name]), "model.onnx") for name in stages}
     engine = next((e for e in bundle.engines.values() if e.dir.rstrip("/").split("/")[-1] == options.engines), None)

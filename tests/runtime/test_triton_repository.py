@@ -455,6 +455,11 @@ def test_graphs_and_engines_the_bundle_lacks_are_refused_before_anything_is_writ
         write_repository(bundles.fp32, out, RepositoryOptions(precision="int8"))
     with pytest.raises(BundleError, match=r"stage detector has \['fp32'\] graphs, not 'fp16'; export with --fp16"):
         write_repository(bundles.fp32, out, RepositoryOptions(flavour="native", precision="fp16"))
+    # a batch larger than the ONNX graphs' batch axis takes (the manifest's bound)
+    most = Bundle.open(bundles.fp32).stages["tagger"].axes["batch"][1]
+    with pytest.raises(ValueError, match=rf"max_batch_size {most + 1} is more than the graphs take: detector takes at "
+                                         rf"most {most} rows; vision takes at most {most} rows; tagger takes"):
+        write_repository(bundles.fp32, out, RepositoryOptions(max_batch_size=most + 1))
     assert not out.exists()
 
 
