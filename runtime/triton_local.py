@@ -136,7 +136,9 @@ class LocalTriton:
         url = f"http://{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with status {self.process.returncode} while starting:\n{self.log_tail()}")
+                status = self.process.returncode
+                self.stop()  # stubs it started may outlive it
+                raise RuntimeError(f"tritonserver exited with status {status} while starting:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as answer:
                     if answer.status == 200:
@@ -170,7 +172,11 @@ class LocalTriton:
         self.process = None
 
     def __enter__(self) -> LocalTriton:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.__exit__()  # a server that did not start leaves no process and no temporary folder
+            raise
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
@@ -179,7 +185,8 @@ class LocalTriton:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m mner.runtime.triton_local REPOSITORY [--numpy DIR]``: serve until Ctrl+C (or SIGTERM)."""
+    """``python -m mner.runtime.triton_local REPOSITORY [--http-port 8000] [--numpy DIR]``: serve until Ctrl+C
+    (or SIGTERM)."""
     import argparse  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="python -m mner.runtime.triton_local", description=main.__doc__)
@@ -192,19 +199,18 @@ def main(argv: list[str] | None = None) -> None:
     if not (Path(args.numpy) / "numpy").is_dir():
         parser.error(f"{args.numpy} holds no numpy: pip install --target {args.numpy} 'numpy<2'")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # SystemExit: the with-block stops the server
     try:
-        server = LocalTriton(args.repository, python_path=[args.numpy], http_port=args.http_port).start()
+        with LocalTriton(args.repository, python_path=[args.numpy], http_port=args.http_port) as server:
+            logger.info("tritonserver ready: HTTP http://%s, gRPC 127.0.0.1:%d, metrics http://127.0.0.1:%d/metrics; "
+                        "its log: %s; Ctrl+C stops it", server.http_url, server.grpc_port, server.metrics_port,
+                        server.log_path)  # fmt: skip
+            code = server.process.wait()
+            parser.exit(1, f"error: tritonserver exited with status {code}:\n{server.log_tail()}\n")
     except (TritonUnavailable, RuntimeError, ValueError) as error:
         parser.exit(1, f"error: {error}\n")
-    logger.info("tritonserver ready: HTTP http://%s, gRPC 127.0.0.1:%d, metrics http://127.0.0.1:%d/metrics; "
-                "its log: %s; Ctrl+C stops it", server.http_url, server.grpc_port, server.metrics_port, server.log_path)  # fmt: skip
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        server.process.wait()
     except KeyboardInterrupt:
         pass
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -259,3 +262,43 @@ def test_detector_and_vision_run_at_the_same_time(exported_once, tmp_path):
         server.stop()
     assert "entities" in answer
     assert 2.0 <= took < 3.5, f"a post with a picture took {took:.2f} s with two 2-second stages"
+
+
+def test_python_m_triton_local_serves_until_sigterm_and_leaves_no_process(exported_once, tmp_path):
+    """The README's way to try a repository here: ready line, an answer on the chosen port, SIGTERM ends the
+    server and its Python-backend stubs."""
+    numpy_dirs = numpy_for_stub()
+    try:
+        wheel_server()
+    except TritonUnavailable as error:
+        pytest.skip(f"{error} (make install installs it)")
+    repository = write_repository(exported_once.bundle, tmp_path / "repository")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "mner.runtime.triton_local", str(repository), "--http-port", str(port),
+               "--numpy", numpy_dirs[0]]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith(f"tritonserver ready: HTTP http://127.0.0.1:{port},"), line
+        client = http.InferenceServerClient(f"127.0.0.1:{port}")
+        (answer,) = answers(client.infer("mner", inputs([b"Obama visits Paris"])))
+        client.close()
+        assert "entities" in answer
+        log = Path(re.search(r"its log: (\S+);", line).group(1))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    left = subprocess.run(["pgrep", "-f", str(repository)], capture_output=True, text=True).stdout.split()
+    assert not left, f"processes still running for {repository}: {left}"
+    assert not log.parent.exists()  # its working folder (backends, log) is removed
+
+
+def test_python_m_triton_local_refuses_a_numpy_folder_without_numpy(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "mner.runtime.triton_local", str(tmp_path), "--numpy", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2
+    assert f"{tmp_path} holds no numpy: pip install --target {tmp_path} 'numpy<2'" in result.stderr
