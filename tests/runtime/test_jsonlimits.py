@@ -158,22 +158,34 @@ def test_other_input_types_are_refused():
         loads(5)
 
 
-def _sixteen_mib(unit: str, opening: str = "[", closing: str = "]") -> bytes:
-    count = ((16 << 20) - 2) // len(unit)
+def _body(size: int, unit: str, opening: str = "[", closing: str = "]") -> bytes:
+    count = (size - 2) // len(unit)
     return (opening + unit * count + closing).encode()
 
 
-@pytest.mark.parametrize("name", ["brackets in strings", "tiny strings", "escapes behind brackets", "small ints",
-                                  "objects", "floats with 3-digit exponents"])
-def test_a_16_mib_body_costs_about_what_json_loads_costs(name):
+MIB = 1 << 20
+
+
+# Bodies where loads' own passes (the depth scan, translate, substring search) are most of its cost are 16 MiB,
+# 16 chunks of the depth scan, where a superlinear or per-byte Python cost in them shows. Bodies whose cost is the
+# stdlib parser building millions of objects (and, for floats, its Python hooks per number), which json.loads pays
+# too, are 2 MiB: at 16 MiB they took ~20 of the suite's seconds (a collector pass over the session's whole heap
+# while they build) for no more coverage, the passes they share being timed at 16 MiB above; the allowance for
+# loads' own work scales with the body, so the per-byte cost caught is the same at either size.
+@pytest.mark.parametrize(("name", "size"), [
+    ("brackets in strings", 16 * MIB), ("tiny strings", 16 * MIB), ("escapes behind brackets", 16 * MIB),
+    ("small ints", 2 * MIB), ("objects", 2 * MIB), ("floats with 3-digit exponents", 2 * MIB)],
+    ids=lambda value: f"{value // MIB} MiB" if isinstance(value, int) else value)  # fmt: skip
+def test_a_large_body_costs_about_what_json_loads_costs(name, size):
     body = {
-        "brackets in strings": _sixteen_mib('"[[[[{{{{",', closing='""]'),
-        "tiny strings": _sixteen_mib('"",', closing='""]'),
-        "escapes behind brackets": b"[" + b"{}," * 100 + b'"' + b'\\"' * (8 << 20) + b'"]',  # the depth scan runs
-        "small ints": _sixteen_mib("1,", closing="1]"),
-        "objects": _sixteen_mib('{"a":[1,{"b":"x"}]},', closing="1]"),
-        "floats with 3-digit exponents": _sixteen_mib("1e100,", closing="1]"),  # the Python hooks run
-    }[name]
+        "brackets in strings": lambda: _body(size, '"[[[[{{{{",', closing='""]'),
+        "tiny strings": lambda: _body(size, '"",', closing='""]'),
+        # the depth scan runs
+        "escapes behind brackets": lambda: b"[" + b"{}," * 100 + b'"' + b'\\"' * (size // 2) + b'"]',
+        "small ints": lambda: _body(size, "1,", closing="1]"),
+        "objects": lambda: _body(size, '{"a":[1,{"b":"x"}]},', closing="1]"),
+        "floats with 3-digit exponents": lambda: _body(size, "1e100,", closing="1]"),  # the Python hooks run
+    }[name]()
     # CPU time, not wall time: the machine is shared; the bound still catches a superlinear or per-byte Python cost
     started = time.process_time()
     json.loads(body)
@@ -181,4 +193,5 @@ def test_a_16_mib_body_costs_about_what_json_loads_costs(name):
     started = time.process_time()
     loads(body)
     took = time.process_time() - started
-    assert took < 2 * baseline + 1.5, (name, took, baseline)
+    allowance = 1.5 * len(body) / (16 * MIB)  # 1.5 s for 16 MiB: ~90 ns a byte
+    assert took < 2 * baseline + allowance, (name, took, baseline)
