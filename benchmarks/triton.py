@@ -9,7 +9,7 @@ dynamic batch (``--batch-size`` posts, ``--max-wait-ms``):
 - ``mner-serve --batch-size N --max-wait-ms W`` (a child process, ``benchmarks.loadtest.start_server``);
 - the Triton Inference Server of the ``nvidia-pytriton`` wheel (``runtime.triton_local.LocalTriton``) on the
   repository ``runtime.triton_repository.write_repository`` writes with ``max_batch_size=N`` and
-  ``max_queue_delay_us=1000 W``, its other options the library's defaults. The wheel has only the Python
+  ``max_queue_delay_us`` = W x 1000, its other options the library's defaults. The wheel has only the Python
   backend: the stage models are mner's ONNX Runtime runner inside Python-backend stubs, and the front model
   ``mner`` calls them through BLS, each hop a copy through shared memory. That is not Triton's native
   onnxruntime or TensorRT backend, which a full Triton (NGC container, GPU) runs.
@@ -18,7 +18,7 @@ The posts are TWITTER-2017's test posts (``--data``, read with ``runtime.conll``
 tweets, in file order, cycled. With ``--pictures`` (a bundle with picture stages) every post gets a real photo
 (matplotlib's sample photos, scikit-image's where installed: ``benchmarks.picture_cache.photos``), each post's
 bytes its own (a marker segment in the JPEG), so neither server's picture cache answers a post from another's
-features.
+features (a post seen again, once the run has gone through all the posts, may be answered from it, on both).
 
 For each concurrency C (``--concurrency``), the servers take turns (the order alternates from one C to the
 next, so a drift in the machine's load does not fall on one server alone): ``--warmup`` requests (at least C),
