@@ -392,7 +392,7 @@ def run_comparison(*, bundle: Path, concurrency: list[int], requests: int, warmu
         "bundle": {"path": str(bundle), "manifest_sha256": manifest_sha256(bundle), "stages": sorted(opened.stages),
                    "has_images": opened.has_images},
         "settings": {"concurrency": concurrency, "requests": requests, "warmup": warmup, "batch_size": batch_size,
-                     "max_wait_ms": max_wait_ms, "pictures": pictures, "data": str(data.resolve()), "split": split,
+                     "max_wait_ms": max_wait_ms, "pictures": pictures, "data": str(data), "split": split,
                      "posts": len(posts), "max_seconds": max_seconds, "timeout_s": timeout_s,
                      "score_tolerance": SCORE_TOLERANCE,
                      "mner_serve": "mner-serve --engine BUNDLE " + " ".join(serve_options),
