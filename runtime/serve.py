@@ -3,6 +3,9 @@
     POST /v1/tag        {"text": "...", "image_base64": "..."?}  or multipart: text field + image file
     POST /v1/tag/batch  {"posts": [{"text", "image_base64"?}, ...]}
     GET  /healthz  /readyz  /metrics (Prometheus text)  /openapi.json
+    GET  /v1/info       what is served: bundle, backend, precision, stages, entity types, main limits
+    GET  /              a page to try the model in a browser (runtime/web: its files, served with a
+                        Content-Security-Policy that allows only them; see _page_files)
     GET  /docs (Swagger UI)  /redoc (ReDoc): their scripts and styles served from the fastapi-offline
          package under /static-offline-docs, so the pages work without a network
 
@@ -43,6 +46,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.resources
+import json
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -128,15 +133,22 @@ class BundleInfo:
     precision: str  # what the runners run: fp32, fp16 (TensorRT's engines too), int8, or "fp32 (vision), int8 (tagger)"
     verified: bool  # the files' sha256 were checked against the manifest at start (not with --no-verify)
     stages: tuple[str, ...] = ()
+    created: str | None = None  # when mner-export wrote it (the manifest's "created")
+    # The checkpoint was mner-export's random one (no training): its tags are noise, which /v1/info and the
+    # page say, so that a screenshot of a random model is not mistaken for a trained one.
+    random_weights: bool = False
 
     @classmethod
     def of(cls, path: str | Path, *, backend: str, device: str | None, precision: str, verified: bool,
            stages: tuple[str, ...] = ()) -> BundleInfo:  # fmt: skip
-        """For the bundle at ``path`` (read: its manifest.json, a few kilobytes)."""
+        """For the bundle at ``path`` (read: its manifest.json, a few kilobytes, checked by the pipeline before)."""
         path = Path(path)
         sha = manifest_sha256(path)
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        checkpoint = manifest.get("model", {}).get("checkpoint") or {}
         return cls(str(path), sha, backend, device or ("cuda" if backend == "trt" else "cpu"),
-                   "fp16" if backend == "trt" else precision, verified, tuple(stages))  # fmt: skip
+                   "fp16" if backend == "trt" else precision, verified, tuple(stages), manifest.get("created"),
+                   bool(checkpoint.get("random_weights")))  # fmt: skip
 
 
 class _PrometheusText(Response):
@@ -196,8 +208,8 @@ def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig(), limits: 
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         """FastAPI's own refusals (no such path: 404; a method the path lacks: 405) in the service's error shape."""
         if error.status_code == 404:
-            message = f"nothing at {request.url.path}; the endpoints are POST /v1/tag, POST /v1/tag/batch, GET /healthz, " \
-                      "/readyz, /metrics, /docs, /redoc, /openapi.json"  # fmt: skip
+            message = f"nothing at {request.url.path}; the endpoints are POST /v1/tag, POST /v1/tag/batch, GET /v1/info, " \
+                      "/healthz, /readyz, /metrics, /docs, /redoc, /openapi.json, and the page at /"  # fmt: skip
         elif error.status_code == 405:
             allowed = (error.headers or {}).get("Allow", "")
             message = f"{request.method} is not allowed on {request.url.path} (allowed: {allowed})"
@@ -234,6 +246,14 @@ def create_app(pipeline: Pipeline, config: ServeConfig = ServeConfig(), limits: 
                         **serve_api.error_responses("/metrics", json_route=False)})  # fmt: skip
     async def prometheus() -> Response:
         return _PrometheusText(generate_latest(metrics.registry))
+
+    @app.get("/v1/info", summary="What this server serves: the bundle, backend, precision, entity types, limits",
+             response_model=serve_api.Info, responses=serve_api.error_responses("/v1/info"))  # fmt: skip
+    async def info() -> JSONResponse:
+        return JSONResponse(_info(pipeline, config, bundle))
+
+    for route, (content, media_type) in _page_files().items():
+        _add_page_route(app, route, content, media_type)
 
     @app.post("/v1/tag", summary="Tag one post (JSON, or multipart/form-data with a picture file)",
               openapi_extra=serve_api.request_body(multipart=True), response_model=serve_api.TagOut,
@@ -329,7 +349,8 @@ NOT_READY, WARMUP_FAILED = "not ready", "warm-up failed"  # the error kinds of a
 _NOT_READY_REASONS = {NOT_READY: "warming up", "draining": "draining"}  # kinds counted apart from mner_errors_total
 
 
-_ENDPOINTS = frozenset({"/v1/tag", "/v1/tag/batch", "/healthz", "/readyz", "/metrics"})
+_ENDPOINTS = frozenset({"/v1/tag", "/v1/tag/batch", "/v1/info", "/healthz", "/readyz", "/metrics", "/"})
+_TAGGING_ENDPOINTS = ("/v1/tag", "/v1/tag/batch")
 
 
 class _Accounting:
@@ -352,7 +373,7 @@ class _Accounting:
             return
         path = scope["path"]
         endpoint = path if path in _ENDPOINTS else "other"
-        tagging = path.startswith("/v1/")  # the shutdown log counts tagging requests only
+        tagging = path in _TAGGING_ENDPOINTS  # the shutdown log counts tagging requests only
         self.counts["accepted"] += tagging
         started = time.perf_counter()
         status, kind = 500, "internal"  # what an exception escaping the app becomes
@@ -399,6 +420,47 @@ def _log_access(scope, status: int, kind: str | None, seconds: float) -> None:
     access_logger.info('%s "%s %s" %d %.1f ms%s', where, method, path, status, seconds * 1000,
                        f" ({kind})" if kind else "", extra={"client": where, "method": method, "path": path,
                        "status": status, "duration_ms": round(seconds * 1000, 3), "error_kind": kind})  # fmt: skip
+
+
+def _info(pipeline: Pipeline, config: ServeConfig, bundle: BundleInfo | None) -> dict[str, Any]:
+    """/v1/info's body. The bundle by its folder's name, not its path: the path is the operator's (in the start-up
+    line), not something to show every client."""
+    facts: dict[str, Any] = {"bundle": None, "sha256": None, "created": None, "backend": None, "device": None,
+                             "precision": None, "stages": [], "verified": None, "random_weights": None}  # fmt: skip
+    if bundle is not None:
+        facts.update(bundle=Path(bundle.path).name, sha256=bundle.sha256, created=bundle.created, backend=bundle.backend,
+                     device=bundle.device, precision=bundle.precision, stages=list(bundle.stages),
+                     verified=bundle.verified, random_weights=bundle.random_weights)  # fmt: skip
+    return {**facts, "pictures": pipeline.has_images, "entity_types": list(pipeline.scheme.entity_types),
+            "max_text_chars": config.max_text_chars, "max_pixels": pipeline.max_pixels,
+            "max_body_bytes": config.max_body_bytes}  # fmt: skip
+
+
+# The page (runtime/web): URL -> (file, media type). Only these are served: no directory is exposed.
+_PAGE = {"/": ("index.html", "text/html; charset=utf-8"), "/web/app.js": ("app.js", "text/javascript; charset=utf-8"),
+         "/web/style.css": ("style.css", "text/css; charset=utf-8"), "/web/icon.svg": ("icon.svg", "image/svg+xml")}
+# The page's files and nothing else: no inline script or style, no other host. blob: for the thumbnail of the
+# picture the user chose (an object URL of their own file, never sent anywhere but /v1/tag). Trusted Types with no
+# policy make the browser refuse any string assigned to innerHTML and its kin: the post's text can only ever be
+# inserted as text.
+CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+                           "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; "
+                           "require-trusted-types-for 'script'; trusted-types 'none'")  # fmt: skip
+_PAGE_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Content-Type-Options": "nosniff",
+                 "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}  # fmt: skip
+
+
+def _page_files() -> dict[str, tuple[bytes, str]]:
+    """The page's files, read once at start from the package (a few kilobytes): a wheel missing one fails here."""
+    folder = importlib.resources.files("mner.runtime") / "web"
+    return {route: ((folder / name).read_bytes(), media_type) for route, (name, media_type) in _PAGE.items()}
+
+
+def _add_page_route(app: FastAPI, route: str, content: bytes, media_type: str) -> None:
+    async def page_file() -> Response:
+        return Response(content, media_type=media_type, headers=_PAGE_HEADERS)
+
+    app.add_api_route(route, page_file, methods=["GET", "HEAD"], include_in_schema=False, name=f"page {route}")
 
 
 def _result_error(result: TagResult) -> ApiError | None:

@@ -108,6 +108,27 @@ class NotReady(BaseModel):
     error: ErrorOut
 
 
+class Info(BaseModel):
+    """What the server serves (GET /v1/info; the page shows it). The bundle's facts are null for an app made
+    without them (``create_app`` with no ``bundle``)."""
+
+    bundle: str | None = Field(description="The bundle folder's name (not its path).", examples=["bundle"])
+    sha256: str | None = Field(description="sha256 of its manifest.json, which lists every file's sha256.")
+    created: str | None = Field(description="When mner-export wrote it (ISO 8601).")
+    backend: str | None = Field(description="'ort' (ONNX Runtime) or 'trt' (TensorRT).", examples=["ort"])
+    device: str | None = Field(description="'cpu' or 'cuda'.", examples=["cpu"])
+    precision: str | None = Field(description="What the runners run: fp32, fp16, int8, or per stage.", examples=["fp32"])
+    stages: list[str] = Field(description="The stages it runs: detector, vision, tagger (text-only: tagger).")
+    verified: bool | None = Field(description="Every file's sha256 was checked at start (not --no-verify).")
+    random_weights: bool | None = Field(description="Made from mner-export's random checkpoint: its tags are noise.")
+    pictures: bool = Field(description="The bundle has picture stages (detector and vision); without them a post "
+                           "with a picture is refused (422 'bad image').")
+    entity_types: list[str] = Field(description="The types an entity may have.", examples=[["LOC", "MISC", "ORG", "PER"]])
+    max_text_chars: int = Field(description="--max-text-chars: characters of one post's text.")
+    max_pixels: int = Field(description="--max-pixels: pixels of one picture.")
+    max_body_bytes: int = Field(description="--max-body-bytes: bytes of one request body.")
+
+
 # Statuses every request may get, whatever its path: the connection's limits (runtime.serve._LimitedH11Protocol)
 # and a bug.
 _ANY_REQUEST = {
@@ -136,6 +157,7 @@ ERRORS: dict[str, dict[int, str]] = {
                       422: "not {\"posts\": [...]} with at least one post, more than --max-request-posts posts, or "
                            "over --max-request-pieces or --max-request-pixels; a single post's problem is its own "
                            "error among the results (200)"},
+    "/v1/info": _ANY_REQUEST,
     "/healthz": _ANY_REQUEST,
     "/readyz": _ANY_REQUEST,
     "/metrics": _ANY_REQUEST,
