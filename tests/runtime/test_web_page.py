@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import time
+import tomllib
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -425,3 +426,12 @@ def test_a_text_only_bundle_takes_no_picture(browser, tagger_bundle):
         shown = _answer(browser)
         _same_entities(shown["entities"], get(port, "/v1/tag", post_body("Obama meets Merkel in Berlin")).json()["entities"])
         assert not shown["pictureShown"]
+
+
+def test_ci_installs_the_browser_before_the_tests_and_the_test_extra_has_selenium():
+    repo = Path(__file__).resolve().parents[2]
+    run = (repo / ".ci" / "run").read_text()
+    install = run.index("apt-get install -y -qq chromium chromium-driver")
+    assert run.index("command -v chromium") < install < run.index("make test")
+    test_extra = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    assert any(line.startswith("selenium") for line in test_extra)
