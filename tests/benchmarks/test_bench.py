@@ -1,7 +1,7 @@
-"""mner-bench: real runs of a small exported bundle, the report's structure, and parity from real tags."""
+"""mner-bench: real runs of a small exported bundle, the report's structure (on the report of the demo's bench step,
+tests/benchmarks/conftest.py), and parity from real tags."""
 
 import json
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -111,23 +111,23 @@ def test_window_padding_gives_the_reference_tags(exported):
     assert result["word_agreement"] == 1.0 and result["posts_compared"] == len(posts)
 
 
-def test_report_from_real_workers_has_every_part(exported, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="mner.progress")
-    lines = []
-    report = bench.run_bench(exported["bundle"], ["torch", "ort"], [1, 8], checkpoint=exported["checkpoint"],
-                             data=exported["corpus"] / "test.txt", images_dir=exported["corpus"] / "images",
-                             threads=1, warmup=1, min_batches=3, command="mner-bench --test", echo=lines.append)  # fmt: skip
+def test_report_from_real_workers_has_every_part(demo_run, tmp_path):
+    # The demo's bench step (tests/benchmarks/conftest.py's demo_run): run_bench on torch and ort in fresh worker
+    # processes, B=1 and 8, one warm-up batch, 3 timed batches at least, on the sample's 6 test posts, some with
+    # pictures, through the demo's bundle (ResNet-50, a 128-pixel RetinaNet, its trained tiny tagger).
+    report = demo_run.result["bench"]
     # One progress line at the end (stderr is no terminal here), counting every post of every batch the workers ran:
-    # per backend, B=1: 1 warm-up post + 14 timed (one pass); B=8: 8 warm-up + 2 passes of 14 (3 batches at least).
-    (done,) = [r.getMessage() for r in caplog.records if r.name == "mner.progress" and "done in" in r.getMessage()]
-    assert done.startswith(f"mner-bench: {2 * (15 + 36)}/{2 * (15 + 36)} posts")
+    # per backend, B=1: 1 warm-up post + 6 timed (one pass); B=8: 6 warm-up (one batch) + 3 batches of all 6.
+    (done,) = [message for message in demo_run.progress if message.startswith("mner-bench:") and "done in" in message]
+    assert done.startswith(f"mner-bench: {2 * (7 + 24)}/{2 * (7 + 24)} posts")
     paths = write_report(report, tmp_path / "out")
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"report.json", "report.md", *PLOTS.values()}
     for name in PLOTS.values():
         assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads(paths["json"].read_text())
-    assert saved["command"] == "mner-bench --test" and saved["reference"] == "torch" and saved["started"] <= saved["created"]
-    assert saved["workload"]["posts"] == 14 and saved["workload"]["with_pictures"] > 0
+    assert saved["command"] == "python -m mner.benchmarks.demo" and saved["reference"] == "torch"
+    assert saved["started"] <= saved["created"]
+    assert saved["workload"]["posts"] == 6 and saved["workload"]["with_pictures"] > 0
     assert saved["machine"]["cpu"] and saved["machine"]["packages"]["numpy"] != "not installed"
     assert saved["bundle"]["verify_s"] > 0 and saved["settings"]["verify"] is True
     for name in ("torch", "ort"):
@@ -139,7 +139,7 @@ def test_report_from_real_workers_has_every_part(exported, tmp_path, caplog):
             assert 0 < latency["min"] <= latency["p10"] <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
             per_batch = run["throughput_batches_posts_s"]
             assert 0 < per_batch["min"] <= per_batch["p10"] <= per_batch["p90"] <= per_batch["max"]
-            assert run["posts"] >= 14 and run["throughput_posts_s"] > 0 and run["tagger_posts_s"] > 0
+            assert run["posts"] >= 6 and run["throughput_posts_s"] > 0 and run["tagger_posts_s"] > 0
             assert set(run["steps_ms"]) >= {"tagger", "decode", "encode", "vision", "detector", "images"}
             tagger = run["steps_percentiles_ms"]["tagger"]
             assert set(run["steps_percentiles_ms"]) == set(run["steps_ms"]) and 0 < tagger["p50"] <= tagger["p99"]
@@ -155,7 +155,7 @@ def test_report_from_real_workers_has_every_part(exported, tmp_path, caplog):
                     "## CRF decoding", "## Time per batch by step, p50 / p90 / p99 ms"):  # fmt: skip
         assert heading in text
     assert "hashing every file" in text and "p10 ms" in text
-    assert any("measuring torch" in line for line in lines)
+    assert any("measuring torch" in line for line in demo_run.bench_lines)
     assert summary_lines(saved) and all("posts/s" in line for line in summary_lines(saved)[:2])
 
 
