@@ -137,6 +137,9 @@ class BundleInfo:
     # The checkpoint was mner-export's random one (no training): its tags are noise, which /v1/info and the
     # page say, so that a screenshot of a random model is not mistaken for a trained one.
     random_weights: bool = False
+    # Stages exported without weights files (the detector and vision of a machine without them): what they find is
+    # noise even when the tagger is trained, which /v1/info and the page say too.
+    random_stages: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, path: str | Path, *, backend: str, device: str | None, precision: str, verified: bool,
@@ -148,7 +151,9 @@ class BundleInfo:
         checkpoint = manifest.get("model", {}).get("checkpoint") or {}
         return cls(str(path), sha, backend, device or ("cuda" if backend == "trt" else "cpu"),
                    "fp16" if backend == "trt" else precision, verified, tuple(stages), manifest.get("created"),
-                   bool(checkpoint.get("random_weights")))  # fmt: skip
+                   bool(checkpoint.get("random_weights")),
+                   tuple(name for name, stage in manifest.get("stages", {}).items()
+                         if (stage.get("weights") or {}).get("source") == "random"))  # fmt: skip
 
 
 class _PrometheusText(Response):
@@ -426,11 +431,13 @@ def _info(pipeline: Pipeline, config: ServeConfig, bundle: BundleInfo | None) ->
     """/v1/info's body. The bundle by its folder's name, not its path: the path is the operator's (in the start-up
     line), not something to show every client."""
     facts: dict[str, Any] = {"bundle": None, "sha256": None, "created": None, "backend": None, "device": None,
-                             "precision": None, "stages": [], "verified": None, "random_weights": None}  # fmt: skip
+                             "precision": None, "stages": [], "verified": None, "random_weights": None,
+                             "random_stages": []}  # fmt: skip
     if bundle is not None:
         facts.update(bundle=Path(bundle.path).name, sha256=bundle.sha256, created=bundle.created, backend=bundle.backend,
                      device=bundle.device, precision=bundle.precision, stages=list(bundle.stages),
-                     verified=bundle.verified, random_weights=bundle.random_weights)  # fmt: skip
+                     verified=bundle.verified, random_weights=bundle.random_weights,
+                     random_stages=list(bundle.random_stages))  # fmt: skip
     return {**facts, "pictures": pipeline.has_images, "entity_types": list(pipeline.scheme.entity_types),
             "max_text_chars": config.max_text_chars, "max_pixels": pipeline.max_pixels,
             "max_body_bytes": config.max_body_bytes}  # fmt: skip

@@ -121,6 +121,8 @@ class Info(BaseModel):
     stages: list[str] = Field(description="The stages it runs: detector, vision, tagger (text-only: tagger).")
     verified: bool | None = Field(description="Every file's sha256 was checked at start (not --no-verify).")
     random_weights: bool | None = Field(description="Made from mner-export's random checkpoint: its tags are noise.")
+    random_stages: list[str] = Field(description="Stages exported with random weights (no weights file): what they "
+                                     "find is noise, even with a trained tagger.", examples=[["detector", "vision"]])
     pictures: bool = Field(description="The bundle has picture stages (detector and vision); without them a post "
                            "with a picture is refused (422 'bad image').")
     entity_types: list[str] = Field(description="The types an entity may have.", examples=[["LOC", "MISC", "ORG", "PER"]])

@@ -58,7 +58,12 @@
     ];
     $("facts").replaceChildren(...facts.map(([name, value]) => el("div", { className: "fact" },
       el("dt", { textContent: name }), el("dd", { textContent: value }))));
-    $("random-warning").hidden = !info.random_weights;
+    const randomStages = info.random_stages ?? [];
+    if (!info.random_weights && randomStages.length) { // a trained tagger, picture stages without their weights
+      $("random-warning").textContent = `The ${randomStages.join(" and ")} stage${randomStages.length > 1 ? "s have" : " has"} `
+        + "random weights (exported without a weights file): the objects found mean nothing.";
+    }
+    $("random-warning").hidden = !info.random_weights && !randomStages.length;
     $("char-limit").textContent = ` of at most ${info.max_text_chars}`;
     if (!info.pictures) { // the API refuses a picture for such a bundle: say so before one is chosen
       imageInput.disabled = true;

@@ -231,6 +231,8 @@ def test_the_page_is_its_own_files_under_a_policy_that_allows_only_them(server, 
     assert info["stages"] == ["detector", "vision", "tagger"] and info["random_weights"] is True
     assert info["entity_types"] == manifest["tags"]["entity_types"] and info["max_text_chars"] == MAX_TEXT_CHARS
     assert info["created"] == manifest["created"]
+    assert info["random_stages"] == [name for name, stage in manifest["stages"].items()
+                                     if (stage.get("weights") or {}).get("source") == "random"]  # fmt: skip
     assert "/v1/info" in get(server, "/openapi.json").json()["paths"]
 
 
