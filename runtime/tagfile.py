@@ -487,7 +487,7 @@ def _tag_window(pipeline: Pipeline, window: list[_Entry], sink: _Sink | _StreamS
     for start in range(0, len(to_tag), pipeline.batch_size):
         batch = to_tag[start : start + pipeline.batch_size]
         try:
-            tag_entries(pipeline, batch)
+            _tag(pipeline, batch)
         finally:  # also where the batch failed as a whole: what is complete before it is kept
             written = _append_done(window, written, sink, summary, with_text, written_tags)
         bar.update(len(batch))
@@ -592,9 +592,8 @@ def _os_error(error: OSError) -> str:
     return f"{error.strerror or error} ({code})" if code else f"{error.strerror or error}"
 
 
-def tag_entries(pipeline: Pipeline, entries: list[_Entry]) -> None:
-    """Tag a batch's posts: each entry gets its record (nothing is written here). Raises PipelineFailed where
-    every post of a batch of more than one failed (not one post's problem)."""
+def _tag(pipeline: Pipeline, entries: list[_Entry]) -> None:
+    """Tag a batch's posts: each entry gets its record (nothing is written here)."""
     if entries and entries[0].words is not None:
         results = pipeline.tag_words([e.words for e in entries], [e.post.image for e in entries])
     else:
@@ -624,8 +623,10 @@ def _append_done(window: list[_Entry], written: int, sink: _Sink | _StreamSink, 
     counts = Counter()
     tagged = entities = 0
     for entry in window[written:end]:
-        record = entry_record(entry, with_text)
+        text = {"text": entry.text} if with_text and entry.text is not None else {}
+        record = {"id": entry.id, "line": entry.line, **text, **entry.extra, **entry.record}
         if "error" in record:
+            record.pop("image_error", None)
             counts[entry.kind] += 1
         else:
             tagged += 1
@@ -638,17 +639,6 @@ def _append_done(window: list[_Entry], written: int, sink: _Sink | _StreamSink, 
     summary.tagged += tagged
     summary.entities += entities
     return end
-
-
-def entry_record(entry: _Entry, with_text: bool = False) -> dict[str, Any]:
-    """The output record of an entry that has its ``record`` (read as an error, or tagged by ``tag_entries``):
-    id, line, the text where ``with_text``, then what tagging gave."""
-    assert entry.record is not None, "an entry is recorded once it has its record"
-    text = {"text": entry.text} if with_text and entry.text is not None else {}
-    record = {"id": entry.id, "line": entry.line, **text, **entry.extra, **entry.record}
-    if "error" in record:
-        record.pop("image_error", None)
-    return record
 
 
 def record_line(record: dict[str, Any]) -> bytes:
@@ -711,22 +701,7 @@ def _bounded_lines(f, max_line_bytes: int) -> Iterator[tuple[bytes, int]]:
         yield b"", content
 
 
-def read_entries(lines: IO[bytes], *, images: str | os.PathLike, on_bad_image: str,
-                 max_text_chars: int = MAX_TEXT_CHARS, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[_Entry]:
-    """Each line of binary file ``lines`` as mner-tag reads it: an entry holding its post (pictures read from
-    under ``images``), or the line's error record (not JSON, a duplicate id, ...), in input order. With
-    ``tag_entries`` and ``entry_record``, this is mner-tag's record for a line without its output file
-    (``runtime.ray_tag`` tags the entries of one input shard on several machines)."""
-    _check_limits(max_text_chars=max_text_chars, max_line_bytes=max_line_bytes)
-    images_dir = Path(images)
-    if not images_dir.is_dir():
-        raise ValueError(f"--images {images_dir}: no such directory")
-    limits = _Limits(images_dir, images_dir.resolve(), on_bad_image, max_text_chars, max_line_bytes)
-    return (entry for entry, _ in _line_entries(lines, limits))
-
-
-def _line_entries(lines: IO[bytes], limits: _Limits) -> Iterator[tuple[_Entry, dict[str, int]]]:
-    """(entry, first line of each canonical id so far) for each line of ``lines``."""
+def _jsonl_entries(lines: IO[bytes], limits: _Limits, done_ids: set[str], done_lines: set[int]) -> Iterator[_Entry | int]:
     first_line_of: dict[str, int] = {}  # canonical id -> the line it first appeared on
     for number, (raw, length) in enumerate(_bounded_lines(lines, limits.max_line_bytes), start=1):
         if length > limits.max_line_bytes:
@@ -735,12 +710,6 @@ def _line_entries(lines: IO[bytes], limits: _Limits) -> Iterator[tuple[_Entry, d
                 "it was skipped unread")})  # fmt: skip
         else:
             entry = _parse_line(number, raw, limits, first_line_of)
-        yield entry, first_line_of
-
-
-def _jsonl_entries(lines: IO[bytes], limits: _Limits, done_ids: set[str], done_lines: set[int]) -> Iterator[_Entry | int]:
-    for entry, first_line_of in _line_entries(lines, limits):
-        number = entry.line
         key = json.dumps(entry.id) if entry.id is not None else None
         repeated = key is not None and first_line_of.get(key, number) != number
         if key is not None and not repeated:
