@@ -1,7 +1,8 @@
 """The optional extras of the ``mner`` distribution, and one clear line when a command needs a missing one.
 
 ``pip install mner`` is the torch-free runtime (the Python API, ``mner-tag``, ``mner-serve``). Training,
-evaluation, conversion and export need ``mner[train]``; ``mner-bench`` needs ``mner[bench]``. A command
+evaluation, conversion and export need ``mner[train]``; ``mner-bench`` needs ``mner[bench]``; ``mner-tag --ray``
+needs ``mner[ray]``. A command
 of an extra that is not installed calls :func:`require_extra` first thing, so the user reads::
 
     Error: mner-train needs torch, torchvision, transformers and 6 more (not installed): pip install 'mner[train]'
@@ -27,6 +28,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
         "torch", "torchvision", "transformers", "onnx", "onnxscript", "gensim", "seqeval", "matplotlib", "pyarrow",
         "torchcrf",
     ),
+    "ray": ("ray", "pyarrow"),
 }
 
 

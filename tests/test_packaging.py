@@ -54,7 +54,8 @@ REPO = PYPROJECT.parent
 # Imports of runtime/ that are not core dependencies, each imported inside the function that needs it:
 # --backend torch (the reference; mner[train]) and the TensorRT backend (NVIDIA's own index).
 # triton_python_backend_utils: Triton's Python backend provides it to the models it runs (runtime/triton_models.py)
-OPTIONAL_RUNTIME_IMPORTS = {"torch", "tensorrt", "cuda", "triton_python_backend_utils"}
+# ray and pyarrow: mner-tag --ray (mner[ray], runtime/ray_tag.py).
+OPTIONAL_RUNTIME_IMPORTS = {"torch", "tensorrt", "cuda", "triton_python_backend_utils", "ray", "pyarrow"}
 # Distributions whose import name is not the distribution name with "-" as "_".
 IMPORT_NAMES = {"pytorch-crf": "torchcrf", "opencv-python-headless": "cv2", "python-multipart": "python_multipart",
                 "prometheus-client": "prometheus_client", "scikit-build-core": "scikit_build_core"}  # fmt: skip
@@ -90,7 +91,7 @@ def test_the_core_is_torch_free_and_each_extra_adds_its_commands_needs():
 def test_extras_module_table_matches_pyproject():
     from mner.runtime.extras import EXTRA_MODULES  # noqa: PLC0415
 
-    assert set(EXTRA_MODULES) == {"train", "bench"}
+    assert set(EXTRA_MODULES) == {"train", "bench", "ray"}
     for extra, modules in EXTRA_MODULES.items():
         declared = {IMPORT_NAMES.get(name, name.replace("-", "_")) for name in requirement_names(EXTRAS[extra])}
         assert set(modules) == declared, extra
@@ -106,7 +107,7 @@ def test_build_tools_in_the_test_extra_are_the_build_systems():
 def test_the_makefile_installs_every_extra_for_the_readme_commands():
     makefile = (REPO / "Makefile").read_text()
     assert '".[test]"' in makefile
-    assert {"train", "bench"} <= {extra for line in EXTRAS["test"] if line.startswith("mner[")
+    assert {"train", "bench", "ray"} <= {extra for line in EXTRAS["test"] if line.startswith("mner[")
                                   for extra in line[5:-1].split(",")}  # fmt: skip
 
 

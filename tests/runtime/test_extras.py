@@ -56,7 +56,7 @@ def test_missing_modules_imports_nothing_and_handles_broken_parents():
 
 
 def test_an_unknown_extra_is_refused():
-    with pytest.raises(ValueError, match=r"extra must be one of \['bench', 'train'\], got 'gpu'"):
+    with pytest.raises(ValueError, match=r"extra must be one of \['bench', 'ray', 'train'\], got 'gpu'"):
         extras.require_extra("gpu")
     with pytest.raises(ValueError, match="extra must be one of"):
         extras.install_line("test")

@@ -1,0 +1,420 @@
+"""``mner-tag --ray``: mner-tag's records for sharded archives, tagged by a pool of Ray actors.
+
+Input: one JSONL or Parquet file, or a folder of them (its files ending in .jsonl, .ndjson, .json or
+.parquet; names starting with "." or "_" are skipped), on a local disk or at any URI pyarrow's file
+systems open (``s3://``, ``gs://``, ``hdfs://``). A Parquet row is read as the JSON object of its
+columns (``id``, ``text``, ``image`` | ``image_base64``), ``line`` being its row number.
+
+Output: a folder holding one JSONL shard per input shard, ``<input name>.<bundle sha256[:16]>.jsonl``,
+with exactly one record per input line or row, in input order: the records mner-tag writes for that
+file, because each shard is tagged by mner-tag's own ``tagfile.tag_jsonl`` (its line rules, duplicate
+ids, error records, ordering by length within ``sort_window``), so the union of the shards equals
+mner-tag's records of the same input.
+
+How it runs (Ray Data): the shards are a dataset of one row each; ``map_batches`` hands them one at a time
+to a pool of ``actors`` actors that each hold one ``Pipeline``, and an actor tags a shard's lines in
+batches of ``batch_size`` into a temporary file beside its output shard, renamed into place once whole.
+The unit of parallel work is a shard: give at least as many shards as actors (a few per actor balance
+best). Ray restarts an actor that dies and retries its shard (``max_restarts`` and ``max_task_retries``
+unbounded); the retried shard is tagged again from its start into a new temporary file, so no line is
+lost or written twice.
+
+Restart-safe: an output shard exists only whole, and its name carries the bundle's sha256, so a rerun
+skips the shards already written and tags only the rest. ``_mner-tag-ray.meta.json`` in the output
+folder records the bundle and the options that change records (as mner-tag's sidecar does); a rerun with
+other options is refused, naming each difference.
+
+Ray is imported when a run starts, never when this module is imported (``pip install 'mner[ray]'``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mner.runtime.tagfile import MAX_LINE_BYTES, MAX_TEXT_CHARS, SIDECAR_FORMAT, SIDECAR_VERSION, Provenance
+
+logger = logging.getLogger(__name__)
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+PARQUET_SUFFIXES = (".parquet",)
+SIDECAR_NAME = "_mner-tag-ray.meta.json"  # "_": never read back as an input shard of a later job
+OUTPUT_SUFFIX = ".jsonl"
+SHA_CHARS = 16  # of the bundle's sha256 in an output shard's name: 64 bits tell bundles apart
+BACKENDS = ("ort", "trt", "torch")
+BAD_IMAGE_POLICIES = ("error", "text-only")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One input file and the output shard its records go to."""
+
+    path: str  # on the input file system
+    name: str  # the file's name: output shards are named after it
+    format: str  # "jsonl" or "parquet"
+
+
+@dataclass
+class RaySummary:
+    """What a run did: shards written and skipped, and the records of the shards written."""
+
+    shards: int = 0  # input shards
+    skipped_shards: int = 0  # already written by an earlier run
+    posts: int = 0  # records written by this run
+    tagged: int = 0
+    entities: int = 0
+    errors: Counter = field(default_factory=Counter)  # kind -> count, of this run's records
+    seconds: float = 0.0
+    output: str = ""
+
+    @property
+    def error_records(self) -> int:
+        return sum(self.errors.values())
+
+    def format(self) -> str:
+        rate = self.posts / self.seconds if self.seconds > 0 else 0.0
+        text = (f"{self.shards} shards -> {self.output}: {self.shards - self.skipped_shards} written, "
+                f"{self.skipped_shards} skipped (already done); {self.posts} posts, {self.tagged} tagged "
+                f"({self.entities} entities), {self.error_records} errors; {self.seconds:.1f} s, {rate:.1f} posts/s")
+        if self.errors:
+            text += "\nerrors: " + ", ".join(f"{kind} {count}" for kind, count in self.errors.most_common())
+        return text
+
+
+def tag_ray(
+    bundle: str | os.PathLike,
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    images: str | os.PathLike | None = None,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    actors: int = 1,
+    cpus_per_actor: float = 1.0,
+    gpus_per_actor: float = 0.0,
+    batch_size: int = 16,
+    backend: str = "ort",
+    device: str | None = None,
+    precision: str = "fp32",
+    threads: int | None = None,
+    on_bad_image: str = "error",
+    with_text: bool = False,
+    max_text_chars: int = MAX_TEXT_CHARS,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    verify: bool = True,
+    sort_window: int = 1024,
+    picture_cache_bytes: int = 64 << 20,
+    bundle_details: dict[str, Any] | None = None,
+) -> RaySummary:
+    """Tag every shard of ``input`` into the folder ``output`` on Ray (see the module docstring).
+
+    ``address``: join that Ray cluster ("auto": the one this machine belongs to); None: use the Ray this
+    process has already started, else start a local one for the run (``num_cpus`` CPUs, default all) and
+    shut it down at the end. ``actors`` actors with ``cpus_per_actor`` CPUs and ``gpus_per_actor`` GPUs each
+    tag batches of ``batch_size`` posts; ``threads``: ONNX Runtime's intra-op threads per graph (default: the
+    actor's CPUs, so actors do not fight over cores). ``images``: the folder image paths are relative to
+    (default: the input's folder where it is local, the current directory for a URI); on a cluster, a path
+    every node sees. The bundle is opened on every actor from ``bundle``, so it too must be where every node
+    sees it. Backend, precision, on_bad_image, with_text, sort_window, picture_cache_bytes and the limits as for
+    mner-tag.
+    """
+    _check_options(actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
+                   batch_size=batch_size, backend=backend, on_bad_image=on_bad_image, num_cpus=num_cpus,
+                   threads=threads, max_text_chars=max_text_chars, max_line_bytes=max_line_bytes,
+                   sort_window=sort_window)  # fmt: skip
+    from mner.runtime.bundle import manifest_sha256  # noqa: PLC0415
+
+    started = time.perf_counter()
+    in_fs, shards, default_images = _input_shards(input)
+    images = str(images if images is not None else default_images)
+    if not Path(images).is_dir():
+        raise ValueError(f"--images {images}: no such directory")
+    sha = manifest_sha256(bundle)
+    out_fs, out_dir = _output_folder(output)
+    options = {"input": "jsonl", "backend": backend, "precision": precision, "on_bad_image": on_bad_image,
+               "with_text": with_text, "max_text_chars": max_text_chars, "max_line_bytes": max_line_bytes}  # fmt: skip
+    provenance = Provenance(sha, options, os.path.abspath(bundle), dict(bundle_details or {}))
+    _claim_output(out_fs, out_dir, provenance)
+    summary = RaySummary(shards=len(shards), output=str(output))
+    pending = []
+    for shard in shards:
+        if _exists(out_fs, _output_path(out_dir, shard, sha)):
+            summary.skipped_shards += 1
+        else:
+            pending.append(shard)
+    if pending:
+        counts = _run_on_ray(
+            pending, in_fs=in_fs, out_fs=out_fs, out_dir=out_dir, sha=sha, address=address, num_cpus=num_cpus,
+            actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, images=images,
+            reading={"max_text_chars": max_text_chars, "max_line_bytes": max_line_bytes, "sort_window": sort_window},
+            tagging={"bundle": str(bundle), "backend": backend, "device": device, "precision": precision,
+                     "threads": threads if threads is not None else max(1, int(cpus_per_actor)), "verify": verify,
+                     "batch_size": batch_size, "on_bad_image": on_bad_image, "with_text": with_text,
+                     "picture_cache_bytes": picture_cache_bytes},
+        )  # fmt: skip
+        for row in counts:
+            summary.posts += row["posts"]
+            summary.tagged += row["tagged"]
+            summary.entities += row["entities"]
+            summary.errors.update(json.loads(row["errors"]))
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+# --------------------------------------------------------------------------- checks, input and output
+
+
+def _check_options(*, actors, cpus_per_actor, gpus_per_actor, batch_size, backend, on_bad_image, num_cpus, threads,
+                   max_text_chars, max_line_bytes, sort_window) -> None:  # fmt: skip
+    for name, value in {"actors": actors, "batch_size": batch_size, "max_text_chars": max_text_chars,
+                        "sort_window": sort_window,
+                        "max_line_bytes": max_line_bytes, "num_cpus": num_cpus, "threads": threads}.items():  # fmt: skip
+        if value is None and name in ("num_cpus", "threads"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    for name, value in {"cpus_per_actor": cpus_per_actor, "gpus_per_actor": gpus_per_actor}.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    if cpus_per_actor == 0 and gpus_per_actor == 0:
+        raise ValueError("an actor needs some CPU or GPU: cpus_per_actor and gpus_per_actor are both 0")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
+
+
+def _filesystem(location: str | os.PathLike):
+    """(pyarrow file system, path on it) for a local path (relative or not) or a URI."""
+    from pyarrow import fs  # noqa: PLC0415 -- pyarrow comes with ray[data]
+
+    text = os.fspath(location)
+    if "://" not in text:
+        return fs.LocalFileSystem(), os.path.abspath(text)
+    return fs.FileSystem.from_uri(text)
+
+
+def _input_shards(input: str | os.PathLike):
+    """(file system, shards sorted by name, default --images folder) of ``input``: a file or a folder of them."""
+    from pyarrow import fs  # noqa: PLC0415
+
+    in_fs, path = _filesystem(input)
+    local = isinstance(in_fs, fs.LocalFileSystem)
+    info = in_fs.get_file_info(path)
+    if info.type == fs.FileType.NotFound:
+        raise ValueError(f"--input {input}: no such file or folder")
+    if info.type == fs.FileType.File:
+        shards = [Shard(path, info.base_name, _format(info.base_name))]
+        return in_fs, shards, os.path.dirname(path) if local else "."
+    infos = in_fs.get_file_info(fs.FileSelector(path, recursive=False))
+    shards = sorted((Shard(i.path, i.base_name, _format(i.base_name)) for i in infos
+                     if i.type == fs.FileType.File and not i.base_name.startswith((".", "_"))
+                     and i.base_name.lower().endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES)),
+                    key=lambda shard: shard.name)  # fmt: skip
+    if not shards:
+        raise ValueError(f"--input {input} holds no shard: expected files ending in "
+                         f"{', '.join(JSONL_SUFFIXES + PARQUET_SUFFIXES)}")  # fmt: skip
+    return in_fs, shards, path if local else "."
+
+
+def _format(name: str) -> str:
+    return "parquet" if name.lower().endswith(PARQUET_SUFFIXES) else "jsonl"
+
+
+def _output_folder(output: str | os.PathLike):
+    from pyarrow import fs  # noqa: PLC0415
+
+    out_fs, out_dir = _filesystem(output)
+    if out_fs.get_file_info(out_dir).type == fs.FileType.File:
+        raise ValueError(f"--output {output} is a file; with --ray it is the folder the output shards go to")
+    out_fs.create_dir(out_dir, recursive=True)
+    return out_fs, out_dir
+
+
+def _output_path(out_dir: str, shard: Shard, sha: str) -> str:
+    return f"{out_dir.rstrip('/')}/{shard.name}.{sha[:SHA_CHARS]}{OUTPUT_SUFFIX}"
+
+
+def _exists(out_fs, path: str) -> bool:
+    from pyarrow import fs  # noqa: PLC0415
+
+    return out_fs.get_file_info(path).type == fs.FileType.File
+
+
+def _write_atomically(out_fs, path: str, data: bytes) -> None:
+    """``data`` to a temporary file beside ``path``, then moved onto it: a reader (and a rerun) sees the
+    whole shard or none (a rename on a local or POSIX file system; an object store's objects appear whole)."""
+    temporary = f"{path}.{uuid.uuid4().hex}.tmp"
+    try:
+        with out_fs.open_output_stream(temporary) as stream:
+            stream.write(data)
+        out_fs.move(temporary, path)
+    except BaseException:
+        try:
+            out_fs.delete_file(temporary)
+        except OSError:
+            pass
+        raise
+
+
+def _claim_output(out_fs, out_dir: str, provenance: Provenance) -> None:
+    """Refuse an output folder whose sidecar names other options (its shards and this run's would be one
+    archive of two kinds of records); write the sidecar where there is none or it names another bundle (the
+    shards' names tell bundles apart)."""
+    path = f"{out_dir.rstrip('/')}/{SIDECAR_NAME}"
+    meta = None
+    if _exists(out_fs, path):
+        with out_fs.open_input_stream(path) as stream:
+            try:
+                meta = json.loads(stream.read())
+            except (ValueError, UnicodeDecodeError):
+                meta = None
+        if not (isinstance(meta, dict) and meta.get("format") == SIDECAR_FORMAT
+                and isinstance(meta.get("options"), dict)):  # fmt: skip
+            raise ValueError(f"{path} is not an mner-tag sidecar (format {SIDECAR_FORMAT!r}): pass another --output")
+        differences = [f"--{name.replace('_', '-')}: {json.dumps(meta['options'].get(name))} then, "
+                       f"{json.dumps(provenance.options.get(name))} now"
+                       for name in sorted(set(meta["options"]) | set(provenance.options))
+                       if meta["options"].get(name) != provenance.options.get(name)]  # fmt: skip
+        if differences:
+            raise ValueError(f"--output {out_dir} holds shards written with other options ({SIDECAR_NAME}), so this "
+                             "run's would mix two kinds of records in one archive:\n  " + "\n  ".join(differences)
+                             + "\npass another --output, or run with the options that wrote it")  # fmt: skip
+        if meta.get("bundle", {}).get("sha256") == provenance.bundle_sha256:
+            return
+    document = {**provenance.to_json(), "format_version": SIDECAR_VERSION}
+    _write_atomically(out_fs, path, (json.dumps(document, indent=2) + "\n").encode())
+
+
+# --------------------------------------------------------------------------- the Ray job
+
+
+def _run_on_ray(pending: list[Shard], *, in_fs, out_fs, out_dir, sha, address, num_cpus, actors, cpus_per_actor,
+                gpus_per_actor, images, reading, tagging) -> list[dict[str, Any]]:  # fmt: skip
+    """Tag and write ``pending`` on Ray; one row of counts per shard written."""
+    import ray  # noqa: PLC0415 -- the mner[ray] extra, imported only for a run
+
+    started_here = False
+    if address is not None:
+        ray.init(address=address, log_to_driver=False)
+        started_here = True  # disconnect at the end (the cluster goes on)
+    elif not ray.is_initialized():
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        started_here = True
+    try:
+        items = [{"path": shard.path, "name": shard.name, "format": shard.format,
+                  "output": _output_path(out_dir, shard, sha)} for shard in pending]  # fmt: skip
+        dataset = ray.data.from_items(items, override_num_blocks=len(items))
+        dataset = dataset.map_batches(
+            _ShardTagger, batch_size=1, batch_format="pandas",
+            fn_constructor_kwargs={"in_fs": in_fs, "out_fs": out_fs, "images": images, "reading": reading, **tagging},
+            # up to `actors` actors, started as the cluster has room: a pool that cannot fit whole still runs
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(actors, len(items))),
+            num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
+            # an actor that dies (a node lost, a process killed) is restarted and its shard tagged again
+            max_restarts=-1, max_task_retries=-1,
+        )  # fmt: skip
+        return dataset.take_all()
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+class _ShardTagger:
+    """One actor of the pool: one Pipeline, tagging whole shards with mner-tag's ``tag_jsonl``."""
+
+    def __init__(self, *, in_fs, out_fs, images, reading, bundle, backend, device, precision, threads, verify,
+                 batch_size, on_bad_image, with_text, picture_cache_bytes):  # fmt: skip
+        from mner.runtime.pipeline import Pipeline  # noqa: PLC0415
+
+        self.pipeline = Pipeline.from_bundle(bundle, backend=backend, device=device, precision=precision,
+                                             threads=threads if backend == "ort" else None, verify=verify,
+                                             batch_size=batch_size, on_bad_image=on_bad_image,
+                                             picture_cache_bytes=picture_cache_bytes)  # fmt: skip
+        self.in_fs, self.out_fs, self.images = in_fs, out_fs, images
+        self.reading = {**reading, "with_text": with_text}
+
+    def __call__(self, batch):
+        rows = [self._tag_shard(item) for item in batch.to_dict("records")]
+        return {name: [row[name] for row in rows] for name in rows[0]}
+
+    def _tag_shard(self, item: dict[str, Any]) -> dict[str, Any]:
+        from mner.runtime.tagfile import tag_jsonl  # noqa: PLC0415
+
+        logger.info("tagging %s on process %d", item["name"], os.getpid())
+        if item["format"] == "parquet":
+            source = io.BufferedReader(_ParquetLines(self.in_fs, item["path"]))
+        else:
+            source = io.BufferedReader(self.in_fs.open_input_stream(item["path"]))
+        with source, _AtomicOutput(self.out_fs, item["output"]) as sink:
+            summary = tag_jsonl(self.pipeline, input=source, output=sink, images=self.images, progress=False,
+                                **self.reading)  # fmt: skip
+        return {"shard": item["name"], "posts": summary.lines, "tagged": summary.tagged, "entities": summary.entities,
+                "errors": json.dumps(dict(summary.errors))}  # fmt: skip
+
+
+class _AtomicOutput:
+    """A binary stream to a temporary file beside ``path`` that becomes ``path`` when closed without an error,
+    and is deleted otherwise: a reader and a rerun see a whole shard or none."""
+
+    def __init__(self, out_fs, path: str) -> None:
+        self.out_fs, self.path = out_fs, path
+        self.temporary = f"{path}.{uuid.uuid4().hex}.tmp"
+        self.stream = out_fs.open_output_stream(self.temporary)
+
+    def write(self, data: bytes) -> int:
+        return self.stream.write(data)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __enter__(self) -> _AtomicOutput:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        self.stream.close()
+        if kind is None:
+            self.out_fs.move(self.temporary, self.path)
+            return
+        try:
+            self.out_fs.delete_file(self.temporary)
+        except OSError:
+            pass
+
+
+class _ParquetLines(io.RawIOBase):
+    """A Parquet file's rows as JSON lines, read a record batch at a time, so ``tag_jsonl`` reads them as it
+    reads JSONL (``line`` is the row number). A value JSON has no type for (a date, bytes) becomes its str()."""
+
+    def __init__(self, in_fs, path: str) -> None:
+        import pyarrow.parquet as pq  # noqa: PLC0415
+
+        self._file = in_fs.open_input_file(path)
+        self._batches = pq.ParquetFile(self._file).iter_batches(batch_size=1024)
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        while not self._buffer:
+            batch = next(self._batches, None)
+            if batch is None:
+                return 0
+            self._buffer = b"".join((json.dumps(row, default=str) + "\n").encode("ascii") for row in batch.to_pylist())
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        return size
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
