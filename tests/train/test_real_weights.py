@@ -9,9 +9,10 @@ naming that command. Nothing is downloaded here.
 The first section needs neither package: the options and the optimizer that the real
 route adds (``--bert-lr``, ``--word-list``, the augmentation width, the config check).
 
-One checkpoint is trained once for the module (MiniLM + GloVe, 16 posts, 3 epochs) and
-reused by the training and export tests; with the export, the module takes about three
-minutes on two busy cores (the ONNX export of the 22.7 M-parameter tagger is most of it).
+One checkpoint is trained once for the session (MiniLM + GloVe, 16 posts, 3 epochs: tests/conftest.py's
+``minilm_run``, benchmarks/train_minilm.py's quick run, which tests/benchmarks/test_train_minilm.py checks too)
+and read by the training and export tests; with the export, the module takes about two minutes on two busy
+cores (the ONNX export of the 22.7 M-parameter tagger is most of it).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from mner.train.trainer import (
     model_config_for,
     optimizer_for,
     seed_everything,
-    train,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -294,21 +294,18 @@ def write_posts(path: Path, posts) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(minilm, glove, tmp_path_factory):
-    """mner-train's route with both packages, on 16 posts of each split for 3 epochs (batch 8: 6 steps):
-    TWITTER-2017 where present, else the sample corpus. ~40 s on two busy cores."""
-    root = tmp_path_factory.mktemp("minilm")
-    if (TWITTER2017 / "test.txt").is_file():
-        data = TWITTER2017
-    else:
-        from mner.train.sample import write_sample_corpus
+def trained(minilm, glove, minilm_run):
+    """mner-train's route with both packages, on 16 posts of each split for 3 epochs (batch 16: 3 steps), seed 1:
+    the session's run of benchmarks/train_minilm.py (tests/conftest.py's ``minilm_run``: mner-train and mner-eval in
+    subprocesses, TWITTER-2017 where present, else the sample corpus), as the TrainArgs it ran with and its history."""
+    from mner.train.history import HISTORY_JSONL, read_history
 
-        data = write_sample_corpus(root / "corpus", sizes={"train": 16, "valid": 16, "test": 16})
     matrix, word_list = glove
-    args = TrainArgs(data_dir=data, out_dir=root / "run", preset="paper", bert=minilm, word_vectors=matrix,
-                     word_list=word_list, epochs=3, batch_size=8, learning_rate=RATE, bert_learning_rate=BERT_RATE,
+    run_dir = minilm_run.runs / "full"
+    args = TrainArgs(data_dir=minilm_run.data, out_dir=run_dir, preset="paper", bert=minilm, word_vectors=matrix,
+                     word_list=word_list, epochs=3, batch_size=16, learning_rate=RATE, bert_learning_rate=BERT_RATE,
                      max_posts=16, seed=1, device="cpu", progress=False)  # fmt: skip
-    return args, train(args)
+    return args, {"history": read_history(run_dir / HISTORY_JSONL)}
 
 
 @pytest.mark.slow
@@ -319,6 +316,10 @@ def test_a_few_training_steps_lower_the_loss(trained, minilm):
     losses = [record["loss"] for record in summary["history"]]
     assert len(losses) == 3 and losses[0] > losses[1] > losses[2], losses
     checkpoint = load_checkpoint(args.out_dir / "best.pt")
+    recorded = checkpoint.payload["train_args"]  # the run is the recipe `args` says
+    assert (recorded["preset"], recorded["epochs"], recorded["batch_size"], recorded["max_posts"], recorded["seed"],
+            recorded["learning_rate"]) == ("paper", 3, 16, 16, 1, RATE)  # fmt: skip
+    assert recorded["bert"] == str(args.bert) and recorded["word_vectors"] == str(args.word_vectors)
     config = checkpoint.config
     assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (384, 6, 30522)
     assert config.augmentation_dim == 50  # GloVe's width, not the preset's 200
@@ -337,7 +338,7 @@ def test_a_few_training_steps_lower_the_loss(trained, minilm):
     seed_everything(args.seed)
     start = build_model(args, config).state_dict()
     trained_state = checkpoint.model.state_dict()
-    steps = 6
+    steps = 3
     moved = {name: (trained_state[name] - start[name]).abs().max().item() for name in start
              if name in trained_state and start[name].is_floating_point()}  # fmt: skip
     bert_moved = max(change for name, change in moved.items() if name.startswith("bert."))
