@@ -56,6 +56,26 @@ STDIO = "-"
 _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 _EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
+
+class _UnlessRay(click.ParamType):
+    """``plain``'s checks, except after --ray (an eager option, so parsed first wherever it is written): then
+    any string, since a Ray job's --input may be a folder of shards or a URI and its --output is a folder."""
+
+    def __init__(self, plain: click.ParamType) -> None:
+        self.plain = plain
+        self.name = plain.name
+
+    def convert(self, value, param, ctx):
+        if ctx is not None and ctx.params.get("ray"):
+            return value if isinstance(value, str) else os.fspath(value)
+        return self.plain.convert(value, param, ctx)
+
+    def to_info_dict(self):
+        return self.plain.to_info_dict()
+
+    def shell_complete(self, ctx, param, incomplete):
+        return self.plain.shell_complete(ctx, param, incomplete)
+
 EPILOG = f"""\b
 Exit status:
   {EXIT_OK}  every record of the output is tagged
@@ -83,16 +103,18 @@ and gets no .meta.json; the summary and progress go to stderr.
 
 @clikit.command(epilog=EPILOG)
 @clikit.option("--engine", "bundle", required=True, type=_EXISTING_DIR, help="Bundle directory written by mner-export.")
-@clikit.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+@clikit.option("--input", "input_path",
+               type=_UnlessRay(click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)),
                help='JSONL posts, "-" for stdin: {"id", "text", "image" | "image_base64"} per line; image is a path '
                     "to a file under --images (no extension: tried as is, then .jpg), image_base64 the picture "
                     "inline; or neither.")  # fmt: skip
 @clikit.option("--conll", "conll_path", type=_EXISTING_FILE,
                help="A CoNLL + IMGID file instead of --input: tags it and reports P/R/F1 against its tags.")
 @clikit.option("--output", "-o", "output", required=True, hidden_aliases=("--out",),
-               type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+               type=_UnlessRay(click.Path(dir_okay=False, allow_dash=True, path_type=Path)),
                help='JSONL, one record per input line, in input order; "-" for stdout (not resumable). An existing '
-                    "file is resumed: the lines it has are skipped.")  # fmt: skip
+                    "file is resumed: the lines it has are skipped. With --ray: a folder (or URI) for the output "
+                    "shards.")  # fmt: skip
 @clikit.option("--images", type=_EXISTING_DIR,
                help="Directory image paths are relative to (--conll: holds <IMGID>.jpg); no picture is read from "
                     "outside it (symlinks and .. are resolved). Default: the --input file's directory; the current "
@@ -137,13 +159,37 @@ and gets no .meta.json; the summary and progress go to stderr.
                help="Memory for the features of pictures seen before (keyed by the bytes' SHA-256): a repeated "
                     "picture (a retweet) is neither decoded nor run through detector and vision; 0: off. The "
                     "summary says its hits and misses.")  # fmt: skip
+@clikit.option("--ray", is_flag=True, is_eager=True,
+               help="Tag on Ray Data (pip install 'mner[ray]'): --input is a JSONL or Parquet file, a folder of them "
+                    "or a URI; --output a folder getting one JSONL shard per input shard, written whole, named after "
+                    "it and the bundle's sha256; a rerun skips the shards written.")  # fmt: skip
+@clikit.option("--ray-address", help="--ray: the Ray cluster to join (auto: this machine's). Default: a local Ray for the run.")
+@clikit.option("--ray-cpus", type=click.IntRange(min=1), help="--ray, local Ray: its CPUs. Default: all.")
+@clikit.option("--actors", type=click.IntRange(min=1), default=1, help="--ray: tagging actors, one Pipeline each.")
+@clikit.option("--cpus-per-actor", type=click.FloatRange(min=0), default=1.0,
+               help="--ray: CPUs per actor (also ONNX Runtime's threads unless --threads).")
+@clikit.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0.0, help="--ray: GPUs per actor (--device cuda).")
 @clikit.progress_option()
 @clikit.verbose_option()
 def tag_command(bundle, input_path, conll_path, output, images, backend, device, precision, batch_size, sort_window, threads,
                 on_bad_image, with_text, checkpoint, resnet_weights, detector_weights, metrics_path, max_text_chars,
-                max_line_bytes, no_verify, picture_cache_mib, progress, verbose) -> None:  # fmt: skip
+                max_line_bytes, no_verify, picture_cache_mib, ray, ray_address, ray_cpus, actors, cpus_per_actor,
+                gpus_per_actor, progress, verbose) -> None:  # fmt: skip
     """Tag posts with an exported bundle: entities with character offsets, one JSONL record per input line."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    ray_options = {"--ray-address": ray_address, "--ray-cpus": ray_cpus, "--actors": actors != 1,
+                   "--cpus-per-actor": cpus_per_actor != 1.0, "--gpus-per-actor": gpus_per_actor != 0.0}  # fmt: skip
+    if ray:
+        _tag_on_ray(bundle=bundle, input_path=input_path, conll_path=conll_path, output=output, images=images,
+                    backend=backend, device=device, precision=precision, batch_size=batch_size, sort_window=sort_window,
+                    threads=threads, on_bad_image=on_bad_image, with_text=with_text, checkpoint=checkpoint,
+                    metrics_path=metrics_path, max_text_chars=max_text_chars, max_line_bytes=max_line_bytes,
+                    no_verify=no_verify, picture_cache_mib=picture_cache_mib, address=ray_address, num_cpus=ray_cpus,
+                    actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor)  # fmt: skip
+        return
+    given = [name for name, value in ray_options.items() if value not in (None, False)]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} go(es) with --ray")
     if progress is not False:  # on a non-terminal, progress is an INFO line of mner.progress every few seconds
         logging.getLogger("mner.progress").setLevel(logging.INFO)
     if (input_path is None) == (conll_path is None):
@@ -215,6 +261,41 @@ def tag_command(bundle, input_path, conll_path, output, images, backend, device,
                 metrics_path.write_text(json.dumps(summary.metrics, indent=2) + "\n", encoding="utf-8")
             except OSError as error:
                 raise click.ClickException(f"cannot write --metrics {metrics_path}: {error.strerror or error}") from error
+    if summary.error_records:
+        click.get_current_context().exit(EXIT_ERROR_RECORDS)
+
+
+def _tag_on_ray(*, bundle, input_path, conll_path, output, images, backend, device, precision, batch_size, sort_window,
+                threads, on_bad_image, with_text, checkpoint, metrics_path, max_text_chars, max_line_bytes, no_verify,
+                picture_cache_mib, address, num_cpus, actors, cpus_per_actor, gpus_per_actor) -> None:  # fmt: skip
+    """mner-tag --ray: check what a Ray job cannot take, run ``ray_tag.tag_ray``, print its counts."""
+    if input_path is None or conll_path is not None:
+        raise click.UsageError("--ray tags --input (JSONL or Parquet shards), not --conll")
+    refused = {"--checkpoint": checkpoint is not None,
+               "--metrics": metrics_path is not None, "--input -": str(input_path) == STDIO,
+               "--output -": str(output) == STDIO, "--backend torch": backend == "torch"}  # fmt: skip
+    given = [name for name, value in refused.items() if value]
+    if given:
+        raise click.UsageError(f"--ray does not take {', '.join(given)} (files and folders only; ort or trt)")
+    from mner.runtime.extras import require_extra  # noqa: PLC0415
+
+    require_extra("ray", command="mner-tag --ray")
+    from mner.runtime.ray_tag import tag_ray  # noqa: PLC0415
+
+    try:
+        summary = tag_ray(
+            bundle, input_path, output, images=images, address=address, num_cpus=num_cpus, actors=actors,
+            cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, batch_size=batch_size, backend=backend,
+            device=device, precision=precision, threads=threads, on_bad_image=on_bad_image or "error",
+            with_text=with_text, max_text_chars=max_text_chars, max_line_bytes=max_line_bytes, verify=not no_verify,
+            sort_window=sort_window or DEFAULT_SORT_WINDOW, picture_cache_bytes=picture_cache_mib << 20,
+            bundle_details={"mner_version": _version(), "started": _now(), "input": str(input_path)},
+        )  # fmt: skip
+    except (ValueError, RuntimeError) as error:
+        raise click.ClickException(str(error)) from error
+    except OSError as error:
+        raise click.ClickException(f"{error.filename or 'a file'}: {error.strerror or error}") from error
+    click.echo(summary.format(), err=True)
     if summary.error_records:
         click.get_current_context().exit(EXIT_ERROR_RECORDS)
 

@@ -319,9 +319,10 @@ def _run_on_ray(pending: list[Shard], *, in_fs, out_fs, out_dir, sha, address, n
             # up to `actors` actors, started as the cluster has room: a pool that cannot fit whole still runs
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(actors, len(items))),
             num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
-            # an actor that dies (a node lost, a process killed) is restarted and its shard tagged again
-            max_restarts=-1, max_task_retries=-1,
         )  # fmt: skip
+        # An actor that dies (a node lost, a process killed) is restarted and its shard tagged again: Ray Data's
+        # actor pools default to max_restarts=-1 and max_task_retries=-1 (passing them is deprecated since Ray
+        # 2.5x); tests/runtime/test_ray_tag.py kills an actor mid-run to hold it to that.
         return dataset.take_all()
     finally:
         if started_here:
