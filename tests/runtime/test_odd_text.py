@@ -99,8 +99,8 @@ async def send_together(port: int, requests: list[tuple[str, bytes]]):
 
 def test_mner_serve_refuses_the_surrogate_request_and_answers_the_requests_beside_it(exported, pipeline):  # noqa: F811
     port = free_port()
-    # A long wait: requests sent together are tagged in one batch.
-    process = start_server(exported.bundle, port, "--max-batch", "16", "--max-wait-ms", "1500")
+    # A long wait: requests sent together are tagged in one batch. No drain when it is stopped (5 idle seconds).
+    process = start_server(exported.bundle, port, "--max-batch", "16", "--max-wait-ms", "1500", "--drain-s", "0")
     try:
         before = scrape(port)
         batch_body = json.dumps({"posts": [{"text": GOOD[0]}, {"text": CUT}]}).encode()

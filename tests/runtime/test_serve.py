@@ -35,7 +35,9 @@ def request(port: int, method: str, path: str, body: bytes = b"", content_type: 
 @pytest.fixture(scope="module")
 def server(exported):  # noqa: F811
     port = free_port()
-    process = start_server(exported.bundle, port, "--max-batch", "16", "--max-wait-ms", "5", *LIMITS)
+    # --drain-s 0: stopped at once at the module's end; the default 5 s drain would only add 5 idle seconds (the
+    # SIGTERM test below keeps the default, test_serve_hostile.py tests the drain)
+    process = start_server(exported.bundle, port, "--max-batch", "16", "--max-wait-ms", "5", "--drain-s", "0", *LIMITS)
     yield port
     stop_server(process)
 
@@ -175,7 +177,8 @@ def test_batch_endpoint_limits(server):
 
 def test_queue_overflow_gives_503_with_retry_after(exported):  # noqa: F811
     port = free_port()
-    process = start_server(exported.bundle, port, "--max-batch", "1", "--max-wait-ms", "0", "--max-queue", "1")
+    process = start_server(exported.bundle, port, "--max-batch", "1", "--max-wait-ms", "0", "--max-queue", "1",
+                           "--drain-s", "0")  # fmt: skip
     try:
         result = asyncio.run(run_load(port, [post_body(text) for text in TEXTS], clients=32, requests=4, max_seconds=30))
         assert result.failures == [] and set(result.statuses) == {200, 503}, result.statuses
@@ -191,7 +194,7 @@ def test_queue_overflow_gives_503_with_retry_after(exported):  # noqa: F811
 
 def test_a_request_past_its_timeout_gets_504(exported):  # noqa: F811
     port = free_port()
-    process = start_server(exported.bundle, port, "--timeout-s", "0.000001")
+    process = start_server(exported.bundle, port, "--timeout-s", "0.000001", "--drain-s", "0")
     try:
         reply = request(port, "POST", "/v1/tag", post_body("Obama in Paris"))
         assert reply.status == 504 and reply.json()["error"]["limit"] == "timeout_s"
