@@ -204,7 +204,8 @@ def test_a_request_past_its_timeout_gets_504(exported):  # noqa: F811
 
 def test_sigterm_under_load_answers_every_accepted_request(exported):  # noqa: F811
     port = free_port()
-    process = start_server(exported.bundle, port, "--max-batch", "8", "--max-wait-ms", "2")
+    # a drain of 1 s, not the default 5: the load goes on through it all the same (test_serve_hostile.py times a drain)
+    process = start_server(exported.bundle, port, "--max-batch", "8", "--max-wait-ms", "2", "--drain-s", "1")
     bodies = [post_body(text) for text in TEXTS]
 
     async def load_then_terminate():
