@@ -151,6 +151,7 @@ def tag_ray(
         else:
             pending.append(shard)
     if pending:
+        _remove_leftovers(out_fs, out_dir, {_output_path(out_dir, shard, sha) for shard in pending})
         counts = _run_on_ray(
             pending, in_fs=in_fs, out_fs=out_fs, out_dir=out_dir, sha=sha, address=address, num_cpus=num_cpus,
             actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, images=images,
@@ -247,6 +248,19 @@ def _exists(out_fs, path: str) -> bool:
     from pyarrow import fs  # noqa: PLC0415
 
     return out_fs.get_file_info(path).type == fs.FileType.File
+
+
+def _remove_leftovers(out_fs, out_dir: str, outputs: set[str]) -> None:
+    """Delete the temporary files a killed run left for ``outputs`` (``<output>.<32 hex>.tmp``): their shards are
+    tagged again from the start."""
+    from pyarrow import fs  # noqa: PLC0415
+
+    for info in out_fs.get_file_info(fs.FileSelector(out_dir, recursive=False)):
+        stem, dot, suffix = info.path.rpartition(".")
+        base, _, token = stem.rpartition(".")
+        if dot and suffix == "tmp" and base in outputs and len(token) == 32:
+            logger.info("removing %s, left by an interrupted run", info.path)
+            out_fs.delete_file(info.path)
 
 
 def _write_atomically(out_fs, path: str, data: bytes) -> None:

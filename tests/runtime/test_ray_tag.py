@@ -140,6 +140,11 @@ def test_an_actor_killed_mid_run_is_restarted_and_no_row_is_lost_or_repeated(loc
     assert killed, "no actor was killed: the run ended before its first shard was written"
     assert len(list((root / "killed").glob("*.jsonl"))) == SHARDS  # it was killed mid-run
     assert records(root / "killed") == expected and summary.posts == sum(map(len, expected.values()))
+    shard = next((root / "killed").glob("part-1.jsonl.*.jsonl"))
+    shard.unlink()
+    shard.with_name(f"{shard.name}.0123456789abcdef0123456789abcdef.tmp").write_text("torn")  # as a kill leaves it
+    tag_ray(exported_once.bundle, root / "in", root / "killed", actors=1, batch_size=8)
+    assert records(root / "killed") == expected and not list((root / "killed").glob("*.tmp"))
 
 
 def _processes_titled(fragment: str) -> list[int]:
