@@ -34,7 +34,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key, value in record.__dict__.items():
-            if key not in _RECORD_ATTRIBUTES and key not in _LEFT_OUT and key not in line:
+            # a leading underscore: a library's private mark on every record, not an extra field (Ray, once
+            # imported in the process, adds _ray_timestamp_ns through its log-record factory)
+            if key not in _RECORD_ATTRIBUTES and key not in _LEFT_OUT and key not in line and not key.startswith("_"):
                 line[key] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
