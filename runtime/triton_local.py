@@ -198,6 +198,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not (Path(args.numpy) / "numpy").is_dir():
         parser.error(f"{args.numpy} holds no numpy: pip install --target {args.numpy} 'numpy<2'")
+    versions = sorted(p.name[len("numpy-"):-len(".dist-info")] for p in Path(args.numpy).glob("numpy-*.dist-info"))
+    if versions and not versions[-1].startswith("1."):
+        parser.error(f"{args.numpy} holds numpy {versions[-1]}; the Python-backend stub needs numpy<2 (with NumPy 2 it "
+                     f"misreads every tensor): pip install --target DIR 'numpy<2' and pass --numpy DIR")  # fmt: skip
+    repository = Path(args.repository)
+    if (repository / "manifest.json").is_file() and not any(repository.glob("*/config.pbtxt")):
+        parser.error(f"{repository} is an mner bundle, not a model repository: write one first with "
+                     f"mner-triton --engine {repository} -o triton-repo")  # fmt: skip
+    if args.http_port:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", args.http_port))
+            except OSError:
+                parser.error(f"port {args.http_port} is in use (another server?): pick another --http-port, or 0")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # SystemExit: the with-block stops the server
     try:

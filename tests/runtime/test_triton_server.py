@@ -302,3 +302,25 @@ def test_python_m_triton_local_refuses_a_numpy_folder_without_numpy(tmp_path):
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2
     assert f"{tmp_path} holds no numpy: pip install --target {tmp_path} 'numpy<2'" in result.stderr
+
+
+def test_python_m_triton_local_refuses_numpy_2_a_bundle_and_a_busy_port(exported_once, tmp_path):
+    numpy2 = tmp_path / "numpy2"
+    (numpy2 / "numpy").mkdir(parents=True)
+    (numpy2 / "numpy-2.4.6.dist-info").mkdir()
+    numpy1 = tmp_path / "numpy1"
+    (numpy1 / "numpy").mkdir(parents=True)
+
+    def run(*arguments):
+        return subprocess.run([sys.executable, "-m", "mner.runtime.triton_local", *map(str, arguments)],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    result = run(tmp_path, "--numpy", numpy2)
+    assert result.returncode == 2 and "holds numpy 2.4.6; the Python-backend stub needs numpy<2" in result.stderr
+    result = run(exported_once.bundle, "--numpy", numpy1)
+    assert result.returncode == 2 and "is an mner bundle, not a model repository: write one first with mner-triton" in result.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = run(tmp_path, "--numpy", numpy1, "--http-port", busy.getsockname()[1])
+    assert result.returncode == 2 and "is in use (another server?): pick another --http-port, or 0" in result.stderr
