@@ -4,11 +4,11 @@ Exporting a bundle is the suite's slowest step (torch.onnx's dynamo exporter tra
 stage: ~30 CPU seconds for the tiny tagger, ~80 for the full bundle below), so each kind of
 bundle the tests only read is exported once per session here:
 
-* ``small_ckpt`` / ``full_bundle``: a random tiny checkpoint with sharpened weights and its bundle of
-  all three stages with real ResNet-50 and RetinaNet (128-pixel) encoders, FP32 and FP16, parity on
+* ``small_ckpt`` / ``full_bundle``: a random tiny checkpoint and its bundle of all three
+  stages with real ResNet-50 and RetinaNet (128-pixel) encoders, FP32 and FP16, parity on
   TWITTER-2017's test text where present (tests/export, tests/benchmarks/test_bench.py);
-* ``exported_once``: the same checkpoint's bundle with stand-in vision encoders, FP32 (tests/runtime,
-  tests/test_slim_install.py); its tagger graph is ``full_bundle``'s when that was exported first;
+* ``exported_once``: the tiny bundle with stand-in vision encoders and sharpened weights
+  (tests/runtime, tests/test_slim_install.py);
 * ``tagger_bundle``: a tagger-only bundle, FP32 only, as the robustness script builds it
   (tests/benchmarks).
 
@@ -36,6 +36,9 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 RUNTIME_TESTS = TESTS / "runtime"
 TWITTER2017 = TESTS.parents[1] / "shared" / "data" / "twitter2017"
+# The tiny preset narrowed further (hidden 32, one layer) so that export and parity take seconds.
+SMALL = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+         "augmentation_dim": 16, "vocab_size": 1500}  # fmt: skip
 # The vision stage as ResNet-50 (the same 2048-channel grid as ResNet-152), the detector at 128 pixels.
 FAST = {"vision_arch": "resnet50", "detector_size": 128}
 
@@ -55,15 +58,12 @@ def own_verification_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def exported_once(small_ckpt, graph_cache, tmp_path_factory):
-    """The tiny exported bundle (tests/runtime/test_exported_bundle.export_tiny_bundle) of ``small_ckpt``, exported
-    once for every module that uses it -- the runtime tests and tests/test_slim_install.py. Its tagger is
-    ``full_bundle``'s module, so where that bundle was exported first (tests/benchmarks/test_bench.py, in a full
-    run) the tagger's graph is a copy, checked as a fresh one is, instead of a second ~30 s trace; the stand-in
-    encoders take seconds."""
+def exported_once(tmp_path_factory):
+    """The tiny exported bundle (tests/runtime/test_exported_bundle.export_tiny_bundle), exported once for every
+    module that uses it -- the runtime tests and tests/test_slim_install.py: the export is the slowest step of
+    those modules (~20 s on two cores)."""
     pytest.importorskip("torch", reason="the tiny bundle is exported with torch")
-    with graph_cache.reused():
-        return _exported_bundle_module().export_tiny_bundle(tmp_path_factory.mktemp("exported"), small_ckpt)
+    return _exported_bundle_module().export_tiny_bundle(tmp_path_factory.mktemp("exported"))
 
 
 @pytest.fixture
@@ -166,11 +166,14 @@ def reuse_exported_graphs(graph_cache) -> GraphCache:
 
 @pytest.fixture(scope="session")
 def small_ckpt(tmp_path_factory) -> Path:
-    """A random tiny best.pt (the tiny preset narrowed to hidden 32, one layer), its tokenizer learnt from
-    TWITTER-2017's train words where present, sharpened so that its tags are decided and pictures move them
-    (tests/runtime/test_exported_bundle.make_tiny_checkpoint)."""
+    """A random tiny best.pt (SMALL), its tokenizer learnt from TWITTER-2017's test words where present."""
     pytest.importorskip("torch", reason="the checkpoint is written with torch")
-    return _exported_bundle_module().make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt")
+    from mner.export.random_checkpoint import make_random_checkpoint  # noqa: PLC0415
+    from mner.train.data import read_conll  # noqa: PLC0415
+
+    test_text = TWITTER2017 / "test.txt"
+    words = [w for post in read_conll(test_text) for w in post.words] if test_text.is_file() else None
+    return make_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt", preset="tiny", seed=0, words=words, **SMALL)
 
 
 @pytest.fixture(scope="session")

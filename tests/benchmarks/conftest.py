@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-# The demo at a reduced size: small_ckpt's model sizes (tests/runtime/test_exported_bundle.py's SMALL) without the
-# vocabulary size (the demo learns its own), ResNet-50 and a 128-pixel detector, 28 sample posts, 2 epochs.
+# The demo at a reduced size: tests/conftest.py's SMALL model without the vocabulary size (the demo learns its own),
+# ResNet-50 and a 128-pixel detector, 28 sample posts, 2 epochs.
 DEMO_OPTIONS = {
     "epochs": 2,
     "sizes": {"train": 16, "valid": 6, "test": 6},

@@ -18,8 +18,7 @@ from mner.train.checkpoint import load_checkpoint
 from mner.train.sample import write_sample_corpus
 from mner.train.trainer import TrainArgs, train
 
-# small_ckpt's sizes (tests/runtime/test_exported_bundle.py's SMALL) without the vocabulary size: text_only_ckpt's
-# vocabulary comes from its data.
+# tests/conftest.py's SMALL without the vocabulary size: text_only_ckpt's vocabulary comes from its data.
 SMALL_MODEL = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
                "augmentation_dim": 16}  # fmt: skip
 

@@ -122,25 +122,17 @@ def stand_in_encoders(patch: pytest.MonkeyPatch) -> None:
         patch.setattr(module, "ObjectDetector", TinyDetector)
 
 
-def make_tiny_checkpoint(path: Path) -> Path:
-    """The tiny random checkpoint (SMALL, its tokenizer learnt from TWITTER-2017's train words where present),
-    sharpened: conftest.py's ``small_ckpt``, which the full bundle and the tiny bundle are both exported from."""
+def export_tiny_bundle(root: Path) -> SimpleNamespace:
+    """The tiny bundle (all three stages) under ``root``: exported once per test session (conftest.py)."""
+    from mner.export.pipeline import export_bundle  # noqa: PLC0415
     from mner.export.random_checkpoint import make_random_checkpoint  # noqa: PLC0415
 
     train = DATA / "train.txt"
     words = [w for post in read_conll(train) for w in post.words] if train.is_file() else None
-    checkpoint = make_random_checkpoint(path, preset="tiny", seed=0, words=words, **SMALL)
-    sharpen(checkpoint)
-    return checkpoint
-
-
-def export_tiny_bundle(root: Path, checkpoint: Path) -> SimpleNamespace:
-    """The tiny bundle of ``checkpoint`` (make_tiny_checkpoint's; all three stages, the vision and detector stages
-    stand-ins) under ``root``: exported once per test session (conftest.py)."""
-    from mner.export.pipeline import export_bundle  # noqa: PLC0415
-
     with pytest.MonkeyPatch.context() as patch:
         stand_in_encoders(patch)
+        checkpoint = make_random_checkpoint(root / "best.pt", preset="tiny", seed=0, words=words, **SMALL)
+        sharpen(checkpoint)
         result = export_bundle(ckpt=checkpoint, out=root / "bundle", vision_arch="resnet50", detector_size=128, seed=0)
     return SimpleNamespace(bundle=result.path, checkpoint=checkpoint, root=root)
 
