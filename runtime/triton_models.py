@@ -27,11 +27,11 @@ import numpy as np
 from mner.runtime.bundle import Bundle, BundleError, StageInfo, manifest_sha256, read_manifest, sha256_file, stage_info
 from mner.runtime.pipeline import TAGGING_FAILED, Pipeline
 from mner.runtime.runners import OrtRunner, Runner
+from mner.runtime.triton_repository import BUNDLE_DIR
 
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_DIR = "bundle"  # triton_repository.BUNDLE_DIR (imported there would pull this module's users into it)
 
 
 def _utils():
