@@ -161,31 +161,35 @@ and gets no .meta.json; the summary and progress go to stderr.
                     "summary says its hits and misses.")  # fmt: skip
 @clikit.option("--ray", is_flag=True, is_eager=True,
                help="Tag on Ray Data (pip install 'mner[ray]'): --input is a JSONL or Parquet file, a folder of them "
-                    "or a URI; --output a folder getting one JSONL shard per input shard, written whole, named after "
-                    "it and the bundle's sha256; a rerun skips the shards written.")  # fmt: skip
+                    "or a URI; --output a folder getting one shard per input shard, written whole, named after it "
+                    "and the bundle's sha256; a rerun skips the shards written.")  # fmt: skip
 @clikit.option("--ray-address", help="--ray: the Ray cluster to join (auto: this machine's). Default: a local Ray for the run.")
 @clikit.option("--ray-cpus", type=click.IntRange(min=1), help="--ray, local Ray: its CPUs. Default: all.")
 @clikit.option("--actors", type=click.IntRange(min=1), default=1, help="--ray: tagging actors, one Pipeline each.")
 @clikit.option("--cpus-per-actor", type=click.FloatRange(min=0), default=1.0,
                help="--ray: CPUs per actor (also ONNX Runtime's threads unless --threads).")
 @clikit.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0.0, help="--ray: GPUs per actor (--device cuda).")
+@clikit.option("--output-format", type=click.Choice(["jsonl", "parquet"]), default="jsonl",
+               help="--ray: the output shards' format (Parquet: the same records as columns, id as text).")
 @clikit.progress_option()
 @clikit.verbose_option()
 def tag_command(bundle, input_path, conll_path, output, images, backend, device, precision, batch_size, sort_window, threads,
                 on_bad_image, with_text, checkpoint, resnet_weights, detector_weights, metrics_path, max_text_chars,
                 max_line_bytes, no_verify, picture_cache_mib, ray, ray_address, ray_cpus, actors, cpus_per_actor,
-                gpus_per_actor, progress, verbose) -> None:  # fmt: skip
+                gpus_per_actor, output_format, progress, verbose) -> None:  # fmt: skip
     """Tag posts with an exported bundle: entities with character offsets, one JSONL record per input line."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ray_options = {"--ray-address": ray_address, "--ray-cpus": ray_cpus, "--actors": actors != 1,
-                   "--cpus-per-actor": cpus_per_actor != 1.0, "--gpus-per-actor": gpus_per_actor != 0.0}  # fmt: skip
+                   "--cpus-per-actor": cpus_per_actor != 1.0, "--gpus-per-actor": gpus_per_actor != 0.0,
+                   "--output-format": output_format != "jsonl"}  # fmt: skip
     if ray:
         _tag_on_ray(bundle=bundle, input_path=input_path, conll_path=conll_path, output=output, images=images,
                     backend=backend, device=device, precision=precision, batch_size=batch_size, sort_window=sort_window,
                     threads=threads, on_bad_image=on_bad_image, with_text=with_text, checkpoint=checkpoint,
                     metrics_path=metrics_path, max_text_chars=max_text_chars, max_line_bytes=max_line_bytes,
                     no_verify=no_verify, picture_cache_mib=picture_cache_mib, address=ray_address, num_cpus=ray_cpus,
-                    actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor)  # fmt: skip
+                    actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
+                    output_format=output_format, progress=progress)  # fmt: skip
         return
     given = [name for name, value in ray_options.items() if value not in (None, False)]
     if given:
@@ -267,7 +271,8 @@ def tag_command(bundle, input_path, conll_path, output, images, backend, device,
 
 def _tag_on_ray(*, bundle, input_path, conll_path, output, images, backend, device, precision, batch_size, sort_window,
                 threads, on_bad_image, with_text, checkpoint, metrics_path, max_text_chars, max_line_bytes, no_verify,
-                picture_cache_mib, address, num_cpus, actors, cpus_per_actor, gpus_per_actor) -> None:  # fmt: skip
+                picture_cache_mib, address, num_cpus, actors, cpus_per_actor, gpus_per_actor, output_format,
+                progress) -> None:  # fmt: skip
     """mner-tag --ray: check what a Ray job cannot take, run ``ray_tag.tag_ray``, print its counts."""
     if input_path is None or conll_path is not None:
         raise click.UsageError("--ray tags --input (JSONL or Parquet shards), not --conll")
@@ -289,6 +294,9 @@ def _tag_on_ray(*, bundle, input_path, conll_path, output, images, backend, devi
             device=device, precision=precision, threads=threads, on_bad_image=on_bad_image or "error",
             with_text=with_text, max_text_chars=max_text_chars, max_line_bytes=max_line_bytes, verify=not no_verify,
             sort_window=sort_window or DEFAULT_SORT_WINDOW, picture_cache_bytes=picture_cache_mib << 20,
+            output_format=output_format,
+            # Ray Data's bars where a person watches (as mner-tag's own progress), none with --no-progress
+            progress=progress if progress is not None else sys.stderr.isatty(),
             bundle_details={"mner_version": _version(), "started": _now(), "input": str(input_path)},
         )  # fmt: skip
     except (ValueError, RuntimeError) as error:

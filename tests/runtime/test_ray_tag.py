@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -21,7 +22,7 @@ pytest.importorskip("pyarrow", reason="mner-tag --ray needs pyarrow: pip install
 from mner.runtime.cli import tag_command  # noqa: E402
 from mner.runtime.conll import read_conll  # noqa: E402
 from mner.runtime.pipeline import Pipeline  # noqa: E402
-from mner.runtime.ray_tag import SIDECAR_NAME, tag_ray  # noqa: E402
+from mner.runtime.ray_tag import SIDECAR_NAME, parquet_schema, tag_ray  # noqa: E402
 from mner.runtime.tagfile import tag_jsonl  # noqa: E402
 
 TWITTER2017 = Path(__file__).resolve().parents[3] / "shared" / "data" / "twitter2017"
@@ -119,6 +120,51 @@ def test_other_options_on_a_finished_output_are_refused(archive, first_run, expo
         tag_ray(exported_once.bundle, root / "in", root / "out", with_text=True)
 
 
+def test_parquet_output_holds_the_same_records_as_columns_and_reads_as_one_table(local_ray, archive, exported_once):
+    """--output-format parquet on two of the archive's shards and a Parquet shard whose image column holds the
+    pictures themselves (binary) and whose ids are integers: each output shard's rows are mner-tag's records of
+    its input (integer ids as text, absent fields null), and the folder reads as one table."""
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    root, expected = archive
+    source = root / "parquet-in"
+    source.mkdir()
+    for name in ("part-0.jsonl", "part-3.parquet", "pic.png"):  # pic.png: a row's picture, under --images
+        (source / name).write_bytes((root / "in" / name).read_bytes())
+    texts = ["Kawhi Leonard in Toronto", "Stanford University", "no picture at all", "a picture that is not one"]
+    images = [PNG, PNG, None, b"not a picture"]
+    pq.write_table(pa.table({"id": pa.array([7, 8, 9, 10], pa.int64()), "text": texts,
+                             "image": pa.array(images, pa.binary())}), source / "pictures.parquet")  # fmt: skip
+    as_jsonl = source.parent / "pictures-as-jsonl"
+    as_jsonl.mkdir()
+    (as_jsonl / "in.jsonl").write_text("".join(
+        json.dumps({"id": 7 + k, "text": text, **({"image_base64": base64.b64encode(image).decode()} if image else {})})
+        + "\n" for k, (text, image) in enumerate(zip(texts, images))))  # fmt: skip
+    with Pipeline.from_bundle(exported_once.bundle) as pipeline:
+        tag_jsonl(pipeline, as_jsonl / "in.jsonl", as_jsonl / "out.jsonl", images=as_jsonl, progress=False)
+    wanted = {**{name: expected[name] for name in ("part-0.jsonl", "part-3.parquet")},
+              "pictures.parquet": (as_jsonl / "out.jsonl").read_text().splitlines()}  # fmt: skip
+    assert "image: not an image" in wanted["pictures.parquet"][3] and "error" not in wanted["pictures.parquet"][0]
+
+    summary = tag_ray(exported_once.bundle, source, root / "parquet-out", actors=2, batch_size=8,
+                      output_format="parquet", progress=False)  # fmt: skip
+    assert (summary.shards, summary.posts) == (3, sum(map(len, wanted.values())))
+    columns = parquet_schema().names
+    for name, lines in wanted.items():
+        (path,) = (root / "parquet-out").glob(f"{name}.*.parquet")
+        table = pq.read_table(path)
+        assert table.schema.equals(parquet_schema())
+        rows = [{column: None for column in columns} | json.loads(line) for line in lines]
+        for row in rows:
+            row["id"] = None if row["id"] is None else str(row["id"])
+        assert table.to_pylist() == rows, name
+    whole = pq.read_table(root / "parquet-out")  # the sidecar's "_" keeps it out of the dataset
+    assert whole.num_rows == summary.posts
+    with pytest.raises(ValueError, match=r"--output-format: \"parquet\" then, \"jsonl\" now"):
+        tag_ray(exported_once.bundle, source, root / "parquet-out")
+
+
 def test_an_actor_killed_mid_run_is_restarted_and_no_row_is_lost_or_repeated(local_ray, archive, exported_once):
     root, expected = archive
     killed: list[int] = []
@@ -160,15 +206,18 @@ def _processes_titled(fragment: str) -> list[int]:
     return found
 
 
-def test_mner_tag_ray_prints_the_counts_and_exits_3_for_error_records(archive, first_run, exported_once, tmp_path):
+def test_mner_tag_ray_prints_the_counts_and_exits_3_for_error_records(archive, first_run, exported_once, tmp_path,
+                                                                     capfd):  # fmt: skip
     root, _ = archive
     shard = tmp_path / "in" / "a.jsonl"
     shard.parent.mkdir()
     shard.write_text('{"id": 1, "text": "Kawhi Leonard in Toronto"}\nnot json\n')
     args = ["--engine", str(exported_once.bundle), "--input", str(shard.parent), "-o", str(tmp_path / "out"), "--ray",
             "--actors", "1"]  # fmt: skip
-    result = CliRunner().invoke(tag_command, args)
+    result = CliRunner().invoke(tag_command, [*args, "--no-progress"])
     assert result.exit_code == 3, result.output
+    # --no-progress: no bars, and not Ray Data's line telling how to turn them on (it logs to the real stderr)
+    assert "Progress bars disabled" not in capfd.readouterr().err
     assert "1 shards -> " in result.output and "2 posts, 1 tagged" in result.output and "1 errors" in result.output
     again = CliRunner().invoke(tag_command, args)
     assert again.exit_code == 0 and "0 written, 1 skipped" in again.output, again.output
@@ -177,6 +226,7 @@ def test_mner_tag_ray_prints_the_counts_and_exits_3_for_error_records(archive, f
 @pytest.mark.parametrize(("args", "message"), [
     (["--actors", "2"], "--actors go(es) with --ray"),
     (["--ray-address", "auto"], "--ray-address go(es) with --ray"),
+    (["--output-format", "parquet"], "--output-format go(es) with --ray"),
     (["--ray", "--backend", "torch"], "--ray does not take --backend torch"),
     (["--ray", "--output", "-"], "--ray does not take --output -"),
 ])  # fmt: skip
@@ -186,6 +236,17 @@ def test_mner_tag_ray_usage_errors(exported_once, tmp_path, args, message):
     base = ["--engine", str(exported_once.bundle), "--input", str(shard)]
     result = CliRunner().invoke(tag_command, base + (args if "--output" in args else ["-o", str(tmp_path / "o")] + args))
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_mner_tag_ray_without_ray_names_the_extra(exported_once, tmp_path, monkeypatch):
+    from mner.runtime import extras  # noqa: PLC0415
+
+    monkeypatch.setattr(extras, "missing_modules", lambda names: [name for name in names if name == "ray"])
+    shard = tmp_path / "a.jsonl"
+    shard.write_text('{"id": 1, "text": "x"}\n')
+    result = CliRunner().invoke(tag_command, ["--engine", str(exported_once.bundle), "--input", str(shard), "-o",
+                                              str(tmp_path / "o"), "--ray"])  # fmt: skip
+    assert result.exit_code == 1 and "mner-tag --ray needs ray (not installed): pip install 'mner[ray]'" in result.output
 
 
 def test_mner_tag_ray_takes_no_conll(exported_once, tmp_path):
@@ -207,9 +268,10 @@ def test_mner_tag_ray_takes_no_conll(exported_once, tmp_path):
     ({"cpus_per_actor": 0}, "an actor needs some CPU or GPU"),
     ({"backend": "tvm"}, "backend must be one of"),
     ({"on_bad_image": "skip"}, "on_bad_image must be one of"),
+    ({"output_format": "csv"}, "output_format must be one of ('jsonl', 'parquet'), got 'csv'"),
 ])  # fmt: skip
 def test_bad_options_are_refused_before_ray_starts(exported_once, tmp_path, options, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         tag_ray(exported_once.bundle, tmp_path, tmp_path / "out", **options)
 
 
