@@ -58,6 +58,7 @@ def write_shards(data: Path, folder: Path, posts: int, shards: int) -> list[Path
 
 
 def single_process(bundle: Path, shards: list[Path], out: Path, batch_size: int) -> dict:
+    from mner.runtime.batching import DEFAULT_SORT_WINDOW  # noqa: PLC0415
     from mner.runtime.pipeline import Pipeline  # noqa: PLC0415
     from mner.runtime.tagfile import tag_jsonl  # noqa: PLC0415
 
@@ -67,7 +68,9 @@ def single_process(bundle: Path, shards: list[Path], out: Path, batch_size: int)
     with Pipeline.from_bundle(bundle, batch_size=batch_size) as pipeline:
         tagging = time.perf_counter()
         for shard in shards:
-            posts += tag_jsonl(pipeline, shard, out / f"{shard.name}.out", progress=False).lines
+            # mner-tag's --sort-window for a file, as tag_ray's: the same batches of like lengths on both sides
+            posts += tag_jsonl(pipeline, shard, out / f"{shard.name}.out", progress=False,
+                               sort_window=DEFAULT_SORT_WINDOW).lines  # fmt: skip
         ended = time.perf_counter()
     return {"posts": posts, "wall_s": ended - started, "tagging_s": ended - tagging}
 
@@ -83,7 +86,7 @@ def on_ray(bundle: Path, inputs: Path, out: Path, actors: int, cpus: int, batch_
     try:
         tagging = time.perf_counter()  # tag_ray finds Ray started and uses it: from here, the job alone
         summary = tag_ray(bundle, inputs, out, actors=actors, cpus_per_actor=per_actor, batch_size=batch_size,
-                          threads=max(1, int(per_actor)))  # fmt: skip
+                          threads=max(1, int(per_actor)), progress=False)  # fmt: skip
         ended = time.perf_counter()
     finally:
         ray.shutdown()
