@@ -189,7 +189,7 @@ def tag_command(bundle, input_path, conll_path, output, images, backend, device,
                     metrics_path=metrics_path, max_text_chars=max_text_chars, max_line_bytes=max_line_bytes,
                     no_verify=no_verify, picture_cache_mib=picture_cache_mib, address=ray_address, num_cpus=ray_cpus,
                     actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
-                    output_format=output_format, progress=progress)  # fmt: skip
+                    output_format=output_format, progress=progress, verbose=verbose)  # fmt: skip
         return
     given = [name for name, value in ray_options.items() if value not in (None, False)]
     if given:
@@ -272,7 +272,7 @@ def tag_command(bundle, input_path, conll_path, output, images, backend, device,
 def _tag_on_ray(*, bundle, input_path, conll_path, output, images, backend, device, precision, batch_size, sort_window,
                 threads, on_bad_image, with_text, checkpoint, metrics_path, max_text_chars, max_line_bytes, no_verify,
                 picture_cache_mib, address, num_cpus, actors, cpus_per_actor, gpus_per_actor, output_format,
-                progress) -> None:  # fmt: skip
+                progress, verbose) -> None:  # fmt: skip
     """mner-tag --ray: check what a Ray job cannot take, run ``ray_tag.tag_ray``, print its counts."""
     if input_path is None or conll_path is not None:
         raise click.UsageError("--ray tags --input (JSONL or Parquet shards), not --conll")
@@ -285,6 +285,13 @@ def _tag_on_ray(*, bundle, input_path, conll_path, output, images, backend, devi
     from mner.runtime.extras import require_extra  # noqa: PLC0415
 
     require_extra("ray", command="mner-tag --ray")
+    if not verbose:
+        # Ray and Ray Data log each start, plan and finish at INFO to stderr through handlers of their own; the
+        # user gets mner-tag's summary line instead, and Ray's warnings and errors as they come (-v: all of it)
+        import ray.data  # noqa: F401, PLC0415 -- configures Ray Data's loggers, which this then turns down
+
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     from mner.runtime.ray_tag import tag_ray  # noqa: PLC0415
 
     try:
