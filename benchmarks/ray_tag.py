@@ -134,14 +134,14 @@ def main(bundle, output, data, posts, shards, actors, batch_size, ray_cpus) -> N
     import platform  # noqa: PLC0415
 
     report = {"command": shlex.join(["python", "-m", "mner.benchmarks.ray_tag", *sys.argv[1:]]),
-              "bundle": bundle.name, "posts": posts, "shards": shards, "batch_size": batch_size, "ray_cpus": cpus,
+              "bundle": str(bundle), "posts": posts, "shards": shards, "batch_size": batch_size, "ray_cpus": cpus,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "runs": runs}  # fmt: skip
     (output / "ray_tag.json").write_text(json.dumps(report, indent=2) + "\n")
     rows = [f"| {name} | {run['posts']} | {run['wall_s']:.1f} | {run['posts_per_s_wall']:.1f} | "
             f"{run['posts_per_s_tagging']:.1f} | {run['vs_single_tagging']:.2f}x |" for name, run in runs.items()]  # fmt: skip
     (output / "ray_tag.md").write_text(
         f"# mner-tag --ray vs single-process mner-tag\n\n`{report['command']}`\n\n"
-        f"Bundle {bundle.name}; {posts} posts in {shards} shards; batch {batch_size}; local Ray of {cpus} CPUs on a "
+        f"Bundle `{bundle}`; {posts} posts in {shards} shards; batch {batch_size}; local Ray of {cpus} CPUs on a "
         f"{os.cpu_count()}-CPU machine. Every Ray run's records equal single-process mner-tag's, shard by shard.\n\n"
         "| run | posts | wall s | posts/s (wall) | posts/s (job) | vs single (job) |\n|---|---|---|---|---|---|\n"
         + "\n".join(rows) + "\n"
