@@ -153,7 +153,7 @@ def tag_ray(
                "on_bad_image": on_bad_image,
                "with_text": with_text, "max_text_chars": max_text_chars, "max_line_bytes": max_line_bytes}  # fmt: skip
     provenance = Provenance(sha, options, os.path.abspath(bundle), dict(bundle_details or {}))
-    _claim_output(out_fs, out_dir, provenance)
+    _claim_output(out_fs, out_dir, provenance, shown=os.fspath(output))
     summary = RaySummary(shards=len(shards), output=str(output))
     pending = []
     for shard in shards:
@@ -293,10 +293,10 @@ def _write_atomically(out_fs, path: str, data: bytes) -> None:
         raise
 
 
-def _claim_output(out_fs, out_dir: str, provenance: Provenance) -> None:
+def _claim_output(out_fs, out_dir: str, provenance: Provenance, shown: str) -> None:
     """Refuse an output folder whose sidecar names other options (its shards and this run's would be one
     archive of two kinds of records); write the sidecar where there is none or it names another bundle (the
-    shards' names tell bundles apart)."""
+    shards' names tell bundles apart). ``shown``: the output as the user gave it, for messages."""
     path = f"{out_dir.rstrip('/')}/{SIDECAR_NAME}"
     meta = None
     if _exists(out_fs, path):
@@ -313,7 +313,7 @@ def _claim_output(out_fs, out_dir: str, provenance: Provenance) -> None:
                        for name in sorted(set(meta["options"]) | set(provenance.options))
                        if meta["options"].get(name) != provenance.options.get(name)]  # fmt: skip
         if differences:
-            raise ValueError(f"--output {out_dir} holds shards written with other options ({SIDECAR_NAME}), so this "
+            raise ValueError(f"--output {shown} holds shards written with other options ({SIDECAR_NAME}), so this "
                              "run's would mix two kinds of records in one archive:\n  " + "\n  ".join(differences)
                              + "\npass another --output, or run with the options that wrote it")  # fmt: skip
         if meta.get("bundle", {}).get("sha256") == provenance.bundle_sha256:
