@@ -82,11 +82,11 @@ class RepositoryOptions:
         if self.kind is not None and self.kind not in KINDS:
             problems.append(f"kind must be one of {KINDS} or None, got {self.kind!r}")
         if self.engines is not None and self.flavour != "native":
-            problems.append("engines (TensorRT plans) are served by Triton's TensorRT backend: they need flavour='native'")
+            problems.append("engines (TensorRT plans) are served by Triton's TensorRT backend: they need the native flavour (--flavour native)")
         if self.engines is not None and self.precision != "fp32":
             problems.append(f"precision chooses ONNX graphs; with engines it must stay 'fp32', got {self.precision!r}")
         if self.engines is not None and self.kind == "cpu":
-            problems.append("TensorRT engines run on a GPU: kind must be 'gpu' (or None) with engines")
+            problems.append("TensorRT engines run on a GPU: kind must be 'gpu' (or None) with engines (--kind gpu)")
         for name in ("max_batch_size", "max_queue_delay_us", "stage_instances", "front_instances", "max_text_chars"):
             value = getattr(self, name)
             low = 0 if name == "max_queue_delay_us" else 1
@@ -116,7 +116,9 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike,
     """
     opened = Bundle.open(bundle, verify=True)
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder: give a new path for the model repository")
+    if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} exists and is not an empty directory: give a new path for the model repository")
     stages = [name for name in STAGES if name in opened.stages]
     files = _stage_files(opened, stages, options)

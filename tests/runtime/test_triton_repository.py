@@ -371,7 +371,7 @@ def test_model_py_puts_pythonpath_first_and_names_the_runtimes_model(model, bund
     ({"flavour": "onnx"}, r"flavour must be one of \('python', 'native'\), got 'onnx'"),
     ({"precision": "bf16"}, r"precision must be one of \('fp32', 'fp16', 'int8'\), got 'bf16'"),
     ({"kind": "tpu"}, r"kind must be one of \('cpu', 'gpu'\) or None, got 'tpu'"),
-    ({"engines": ENGINES}, r"engines \(TensorRT plans\) are served by Triton's TensorRT backend: they need flavour='native'"),
+    ({"engines": ENGINES}, r"engines \(TensorRT plans\) are served by Triton's TensorRT backend: they need the native flavour \(--flavour native\)"),
     ({"engines": ENGINES, "flavour": "native", "precision": "int8"},
      r"precision chooses ONNX graphs; with engines it must stay 'fp32', got 'int8'"),
     ({"engines": ENGINES, "flavour": "native", "kind": "cpu"}, r"TensorRT engines run on a GPU: kind must be 'gpu'"),
@@ -415,7 +415,7 @@ def test_an_output_that_is_not_a_new_or_empty_directory_is_refused_and_left_alon
     assert os.listdir(full) == ["keep.txt"] and (full / "keep.txt").read_text() == "mine"
     a_file = tmp_path / "a-file"
     a_file.write_text("mine")
-    with pytest.raises(ValueError, match=r"a-file exists and is not an empty directory"):
+    with pytest.raises(ValueError, match=r"a-file is a file, not a folder: give a new path"):
         write_repository(bundles.fp32, a_file)
     assert a_file.read_text() == "mine"
     empty = tmp_path / "empty"
@@ -545,7 +545,7 @@ def test_a_run_on_a_tagger_only_bundle_names_two_models(tagger_bundle, tmp_path)
 
 @pytest.mark.parametrize(("arguments", "message"), [
     (["--preferred-batch-size", "64"], r"preferred_batch_sizes (64,) go over max_batch_size 32"),
-    (["--engines", ENGINES], r"they need flavour='native'"),
+    (["--engines", ENGINES], "they need the native flavour (--flavour native)"),
     (["--flavour", "native", "--engines", ENGINES], rf"has no engines folder '{ENGINES}' (it has: none)"),
     (["--precision", "int8"], "mner-export --int8"),
 ])  # fmt: skip
