@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import secrets
 import signal
 import site
 import socket
@@ -98,6 +99,10 @@ class LocalTriton:
         self.process: subprocess.Popen | None = None
         self.requested_http_port = http_port  # 0: a free one
         self.http_port = self.grpc_port = self.metrics_port = 0
+        # The Python backend's shared-memory regions (/dev/shm, 1 MiB and up per model instance) are named after
+        # this prefix, so stop() can remove what a server killed or failed at load leaves there; the backend's
+        # default prefix is the same for every server, and a dead server's regions would stay until reboot.
+        self.shm_prefix = f"mner_triton_{os.getpid()}_{secrets.token_hex(4)}_"
 
     @property
     def http_url(self) -> str:
@@ -122,7 +127,8 @@ class LocalTriton:
                    "--http-address", "127.0.0.1", "--http-port", str(self.http_port),
                    "--grpc-address", "127.0.0.1", "--grpc-port", str(self.grpc_port),
                    "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
-                   "--model-control-mode", "none", "--exit-on-error", "true", "--exit-timeout-secs", "10"]  # fmt: skip
+                   "--model-control-mode", "none", "--exit-on-error", "true", "--exit-timeout-secs", "10",
+                   "--backend-config", f"python,shm-region-prefix-name={self.shm_prefix}"]  # fmt: skip
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 -- the server's, closed when it ends
         # its own session: stop() ends the server and the Python-backend stubs it started, together
@@ -170,6 +176,12 @@ class LocalTriton:
         except ProcessLookupError:
             pass
         self.process = None
+        for region in self.shm_regions():  # every process that mapped them has ended
+            region.unlink(missing_ok=True)
+
+    def shm_regions(self) -> list[Path]:
+        """This server's Python-backend shared-memory regions now in /dev/shm."""
+        return sorted(Path("/dev/shm").glob(f"{self.shm_prefix}*"))
 
     def __enter__(self) -> LocalTriton:
         try:

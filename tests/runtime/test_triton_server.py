@@ -9,6 +9,7 @@ without them these tests skip, saying so.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -212,6 +213,20 @@ def test_a_changed_file_in_the_repository_fails_its_model_at_load(exported_once,
         start(repository, tmp_path / "server")
     log = str(caught.value)
     assert "model.onnx: sha256" in log and "the bundle's manifest says" in log and "tagger.onnx" in log
+    # the models that loaded before the server gave up had shared-memory regions: none is left behind
+
+
+def test_a_server_killed_outright_leaves_no_shared_memory_behind(exported_once, tmp_path):
+    """A server SIGKILLed (or stopped after its 60 s grace) cannot remove its Python-backend regions from /dev/shm;
+    stop() removes them, found by the server's own prefix."""
+    server = start(write_repository(exported_once.bundle, tmp_path / "repository"), tmp_path / "server")
+    try:
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait(timeout=30)
+        assert server.shm_regions(), "a killed server left no region: nothing here would test stop()'s clean-up"
+    finally:
+        server.stop()
+    assert not server.shm_regions()
 
 
 def test_the_native_flavour_loads_up_to_its_missing_backend(exported_once, tmp_path):
@@ -286,6 +301,7 @@ def test_python_m_triton_local_serves_until_sigterm_and_leaves_no_process(export
         (answer,) = answers(client.infer("mner", inputs([b"Obama visits Paris"])))
         client.close()
         assert "entities" in answer
+        assert list(Path("/dev/shm").glob(f"mner_triton_{process.pid}_*"))  # its regions, named as stop() finds them
         log = Path(re.search(r"its log: (\S+);", line).group(1))
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
@@ -295,6 +311,7 @@ def test_python_m_triton_local_serves_until_sigterm_and_leaves_no_process(export
     left = subprocess.run(["pgrep", "-f", str(repository)], capture_output=True, text=True).stdout.split()
     assert not left, f"processes still running for {repository}: {left}"
     assert not log.parent.exists()  # its working folder (backends, log) is removed
+    assert not list(Path("/dev/shm").glob(f"mner_triton_{process.pid}_*"))  # nor its shared-memory regions
 
 
 def test_python_m_triton_local_refuses_a_numpy_folder_without_numpy(tmp_path):
