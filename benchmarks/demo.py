@@ -66,13 +66,16 @@ def run_demo(
 
     best = run_dir / "best.pt"
     started = time.perf_counter()
-    if best.is_file():
+    if _finished(best):
         echo(f"[1/4 train]  reusing {best}")
     else:
-        echo(f"[1/4 train]  tiny preset, {epochs} epochs on {corpus} (CPU, pictures through ResNet-50 + RetinaNet)")
+        # A best.pt without test scores is from a training stopped early (Ctrl-C, a kill): its last.pt resumes it
+        resume = best.is_file() and (run_dir / "last.pt").is_file()
+        echo(f"[1/4 train]  tiny preset, {epochs} epochs on {corpus} (CPU, pictures through ResNet-50 + RetinaNet)"
+             + (f"; resuming the training that stopped early in {run_dir}" if resume else ""))  # fmt: skip
         summary = train(TrainArgs(data_dir=corpus, out_dir=run_dir, preset="tiny", epochs=epochs, seed=seed,
                                   device="cpu", images_dir=images, model_overrides=dict(model_overrides or {}),
-                                  **vision))  # fmt: skip
+                                  resume=resume, **vision))  # fmt: skip
         echo(f"             best epoch {summary['best_epoch']}: dev F1 {summary['dev']['micro']['f1']:.3f}, "
              f"test F1 {summary['test']['micro']['f1']:.3f}")  # fmt: skip
     _stage(timings, "train", started)
@@ -151,6 +154,16 @@ def run_demo(
          f"{report_paths['throughput'].name})")  # fmt: skip
     return {"metrics": metrics, "timings": timings, "results": records, "bench": report}
 
+
+
+def _finished(best: Path) -> bool:
+    """Whether ``best`` is the checkpoint of a finished training: mner-train adds the test scores to it after
+    the last epoch, so one stopped early (Ctrl-C during make demo) has dev scores only."""
+    if not best.is_file():
+        return False
+    from mner.train.checkpoint import load_checkpoint  # noqa: PLC0415
+
+    return "test" in load_checkpoint(best).payload.get("metrics", {})
 
 @clikit.command()
 @clikit.option("-o", "--output", "out_dir", hidden_aliases=("--out",), default="out/demo", type=click.Path(file_okay=False),

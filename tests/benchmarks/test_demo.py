@@ -46,3 +46,16 @@ def test_demo_chain_runs_and_a_second_run_reuses_its_outputs(demo_run, monkeypat
     bench = json.loads((out / "bench" / "report.json").read_text())  # mner-bench's report, ORT vs the reference
     assert set(bench["backends"]) == {"torch", "ort"} and bench["workload"]["posts"] == sizes["test"]
     assert any("torch" in line and "load" in line for line in lines)
+
+
+def test_a_checkpoint_of_a_training_stopped_early_is_not_reused(demo_run, tmp_path):
+    """mner-train writes the test scores into best.pt after its last epoch; a best.pt without them (make demo
+    stopped during training) is resumed by the next demo, not exported as if finished."""
+    from mner.benchmarks.demo import _finished  # noqa: PLC0415
+
+    finished = demo_run.out / "tiny" / "best.pt"
+    assert _finished(finished)
+    state = torch.load(finished, map_location="cpu", weights_only=True)
+    state["metrics"] = {name: value for name, value in state["metrics"].items() if name != "test"}
+    torch.save(state, tmp_path / "best.pt")
+    assert not _finished(tmp_path / "best.pt") and not _finished(tmp_path / "missing.pt")
