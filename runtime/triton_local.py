@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import secrets
 import signal
 import site
@@ -144,7 +145,7 @@ class LocalTriton:
             if self.process.poll() is not None:
                 status = self.process.returncode
                 self.stop()  # stubs it started may outlive it
-                raise RuntimeError(f"tritonserver exited with status {status} while starting:\n{self.log_tail()}")
+                raise RuntimeError(f"tritonserver exited with status {status} while starting:\n{self.failure()}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as answer:
                     if answer.status == 200:
@@ -154,6 +155,21 @@ class LocalTriton:
             time.sleep(0.25)
         self.stop()
         raise RuntimeError(f"tritonserver was not ready within {self.start_timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def failure(self) -> str:
+        """Why the server did not start: each model that did not load and its reason, read from the model table
+        of the log (where a reason is one wide cell among the server's option tables), then the log's path; the
+        log's last lines where the log has no such model."""
+        try:
+            log = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        rows = re.findall(r"^\| (\S+) +\| (\d+) +\| (UNAVAILABLE: .*?) *\|$", log, flags=re.MULTILINE)
+        if not rows:
+            return self.log_tail()
+        reasons = [f"model {name} (version {version}): {why}" for name, version, why in rows]
+        # a temporary working folder goes when the server does: its log is then no place to send the reader
+        return "\n".join(reasons if self._tmp is not None else [*reasons, f"(the whole log: {self.log_path})"])
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -213,6 +213,8 @@ def test_a_changed_file_in_the_repository_fails_its_model_at_load(exported_once,
         start(repository, tmp_path / "server")
     log = str(caught.value)
     assert "model.onnx: sha256" in log and "the bundle's manifest says" in log and "tagger.onnx" in log
+    # the reason per model, not the server's option tables around it in the log
+    assert "model tagger (version 1): UNAVAILABLE: " in log and "server_version" not in log
     # the models that loaded before the server gave up had shared-memory regions: none is left behind
 
 
