@@ -198,6 +198,8 @@ def tag_command(bundle, input_path, conll_path, output, images, backend, device,
         logging.getLogger("mner.progress").setLevel(logging.INFO)
     if (input_path is None) == (conll_path is None):
         raise click.UsageError("give exactly one of --input (JSONL) and --conll (CoNLL + IMGID)")
+    if input_path is not None and str(input_path).lower().endswith(".parquet"):
+        raise click.UsageError(f"--input {input_path}: mner-tag reads JSONL; Parquet shards are read with --ray")
     if metrics_path is not None and conll_path is None:
         raise click.UsageError("--metrics goes with --conll")
     if threads is not None and backend != "ort":
@@ -311,6 +313,8 @@ def _tag_on_ray(*, bundle, input_path, conll_path, output, images, backend, devi
     except OSError as error:
         raise click.ClickException(f"{error.filename or 'a file'}: {error.strerror or error}") from error
     click.echo(summary.format(), err=True)
+    if summary.failed:
+        raise click.ClickException(f"{len(summary.failed)} of {summary.shards} shards could not be tagged (above)")
     if summary.error_records:
         click.get_current_context().exit(EXIT_ERROR_RECORDS)
 

@@ -39,6 +39,7 @@ import io
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 import uuid
@@ -81,6 +82,7 @@ class RaySummary:
     errors: Counter = field(default_factory=Counter)  # kind -> count, of this run's records
     seconds: float = 0.0
     output: str = ""
+    failed: dict[str, str] = field(default_factory=dict)  # shard name -> why it could not be tagged (no output)
 
     @property
     def error_records(self) -> int:
@@ -88,11 +90,16 @@ class RaySummary:
 
     def format(self) -> str:
         rate = self.posts / self.seconds if self.seconds > 0 else 0.0
-        text = (f"{self.shards} shards -> {self.output}: {self.shards - self.skipped_shards} written, "
+        written = self.shards - self.skipped_shards - len(self.failed)
+        text = (f"{self.shards} shards -> {self.output}: {written} written, "
                 f"{self.skipped_shards} skipped (already done); {self.posts} posts, {self.tagged} tagged "
                 f"({self.entities} entities), {self.error_records} errors; {self.seconds:.1f} s, {rate:.1f} posts/s")
         if self.errors:
             text += "\nerrors: " + ", ".join(f"{kind} {count}" for kind, count in self.errors.most_common())
+        if self.failed:
+            text += (f"\n{len(self.failed)} shards could not be tagged, so they have no output shard (fix or remove "
+                     "them, then run again: the shards written are skipped):")  # fmt: skip
+            text += "".join(f"\n  {name}: {why}" for name, why in sorted(self.failed.items()))
         return text
 
 
@@ -139,15 +146,18 @@ def tag_ray(
     _check_options(actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
                    batch_size=batch_size, backend=backend, on_bad_image=on_bad_image, num_cpus=num_cpus,
                    threads=threads, max_text_chars=max_text_chars, max_line_bytes=max_line_bytes,
-                   sort_window=sort_window, output_format=output_format)  # fmt: skip
+                   sort_window=sort_window, output_format=output_format, device=device)  # fmt: skip
     from mner.runtime.bundle import manifest_sha256  # noqa: PLC0415
 
     started = time.perf_counter()
-    in_fs, shards, default_images = _input_shards(input)
+    in_fs, shards, default_images, in_folder = _input_shards(input)
     images = str(images if images is not None else default_images)
     if not Path(images).is_dir():
         raise ValueError(f"--images {images}: no such directory")
     sha = manifest_sha256(bundle)
+    if in_folder is not None and _same_place(in_fs, in_folder, output):
+        raise ValueError(f"--output {output} is the --input folder: its output shards would be read as input shards "
+                         "by the next run; pass another folder")  # fmt: skip
     out_fs, out_dir = _output_folder(output)
     options = {"input": "jsonl", "output_format": output_format, "backend": backend, "precision": precision,
                "on_bad_image": on_bad_image,
@@ -174,6 +184,8 @@ def tag_ray(
                      "picture_cache_bytes": picture_cache_bytes},
         )  # fmt: skip
         for row in counts:
+            if row["failed"]:
+                summary.failed[row["shard"]] = row["failed"]
             summary.posts += row["posts"]
             summary.tagged += row["tagged"]
             summary.entities += row["entities"]
@@ -186,7 +198,7 @@ def tag_ray(
 
 
 def _check_options(*, actors, cpus_per_actor, gpus_per_actor, batch_size, backend, on_bad_image, num_cpus, threads,
-                   max_text_chars, max_line_bytes, sort_window, output_format) -> None:  # fmt: skip
+                   max_text_chars, max_line_bytes, sort_window, output_format, device=None) -> None:  # fmt: skip
     for name, value in {"actors": actors, "batch_size": batch_size, "max_text_chars": max_text_chars,
                         "sort_window": sort_window,
                         "max_line_bytes": max_line_bytes, "num_cpus": num_cpus, "threads": threads}.items():  # fmt: skip
@@ -201,6 +213,9 @@ def _check_options(*, actors, cpus_per_actor, gpus_per_actor, batch_size, backen
         raise ValueError("an actor needs some CPU or GPU: cpus_per_actor and gpus_per_actor are both 0")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if gpus_per_actor > 0 and backend == "ort" and device != "cuda":
+        raise ValueError("gpus_per_actor (--gpus-per-actor) goes with device 'cuda' (--device cuda) or backend 'trt': "
+                         "ONNX Runtime on the CPU would hold a GPU it never uses")  # fmt: skip
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
     if output_format not in OUTPUT_FORMATS:
@@ -218,7 +233,8 @@ def _filesystem(location: str | os.PathLike):
 
 
 def _input_shards(input: str | os.PathLike):
-    """(file system, shards sorted by name, default --images folder) of ``input``: a file or a folder of them."""
+    """(file system, shards sorted by name, default --images folder, the folder or None for a file) of ``input``:
+    a file or a folder of them (its files only: a subfolder is named in a warning, not read)."""
     from pyarrow import fs  # noqa: PLC0415
 
     in_fs, path = _filesystem(input)
@@ -228,8 +244,13 @@ def _input_shards(input: str | os.PathLike):
         raise ValueError(f"--input {input}: no such file or folder")
     if info.type == fs.FileType.File:
         shards = [Shard(path, info.base_name, _format(info.base_name))]
-        return in_fs, shards, os.path.dirname(path) if local else "."
+        return in_fs, shards, os.path.dirname(path) if local else ".", None
     infos = in_fs.get_file_info(fs.FileSelector(path, recursive=False))
+    folders = sorted(i.base_name for i in infos if i.type == fs.FileType.Directory and not i.base_name.startswith((".", "_")))
+    if folders:
+        logger.warning("--input %s: its subfolders are not read (%s%s): only the files directly in it are shards; pass "
+                       "a subfolder as --input to tag its files", input, ", ".join(folders[:5]),
+                       f" and {len(folders) - 5} more" if len(folders) > 5 else "")  # fmt: skip
     shards = sorted((Shard(i.path, i.base_name, _format(i.base_name)) for i in infos
                      if i.type == fs.FileType.File and not i.base_name.startswith((".", "_"))
                      and i.base_name.lower().endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES)),
@@ -237,7 +258,17 @@ def _input_shards(input: str | os.PathLike):
     if not shards:
         raise ValueError(f"--input {input} holds no shard: expected files ending in "
                          f"{', '.join(JSONL_SUFFIXES + PARQUET_SUFFIXES)}")  # fmt: skip
-    return in_fs, shards, path if local else "."
+    return in_fs, shards, path if local else ".", path
+
+
+def _same_place(in_fs, folder: str, output: str | os.PathLike) -> bool:
+    """Whether ``output`` names the input ``folder`` (the same file system; locally, after links)."""
+    out_fs, out_path = _filesystem(output)
+    if type(out_fs) is not type(in_fs):
+        return False
+    if os.path.isabs(folder) and os.path.isabs(out_path):
+        return os.path.realpath(folder) == os.path.realpath(out_path)
+    return folder.rstrip("/") == out_path.rstrip("/")
 
 
 def _format(name: str) -> str:
@@ -294,9 +325,9 @@ def _write_atomically(out_fs, path: str, data: bytes) -> None:
 
 
 def _claim_output(out_fs, out_dir: str, provenance: Provenance, shown: str) -> None:
-    """Refuse an output folder whose sidecar names other options (its shards and this run's would be one
-    archive of two kinds of records); write the sidecar where there is none or it names another bundle (the
-    shards' names tell bundles apart). ``shown``: the output as the user gave it, for messages."""
+    """Refuse an output folder whose sidecar names other options or another bundle (its shards and this run's
+    would be one archive of two kinds of records); write the sidecar where there is none. ``shown``: the output
+    as the user gave it, for messages."""
     path = f"{out_dir.rstrip('/')}/{SIDECAR_NAME}"
     meta = None
     if _exists(out_fs, path):
@@ -316,8 +347,15 @@ def _claim_output(out_fs, out_dir: str, provenance: Provenance, shown: str) -> N
             raise ValueError(f"--output {shown} holds shards written with other options ({SIDECAR_NAME}), so this "
                              "run's would mix two kinds of records in one archive:\n  " + "\n  ".join(differences)
                              + "\npass another --output, or run with the options that wrote it")  # fmt: skip
-        if meta.get("bundle", {}).get("sha256") == provenance.bundle_sha256:
+        bundle = meta.get("bundle") if isinstance(meta.get("bundle"), dict) else {}
+        if bundle.get("sha256") == provenance.bundle_sha256:
             return
+        # Two bundles' shards in one folder are two sets of records for the same posts: as mner-tag refuses to
+        # resume a file with another bundle, this refuses the folder
+        raise ValueError(f"--output {shown} holds shards of another bundle ({SIDECAR_NAME}: sha256 "
+                         f"{str(bundle.get('sha256'))[:SHA_CHARS]}..., {bundle.get('path')}), not of this one "
+                         f"({provenance.bundle_sha256[:SHA_CHARS]}...): its records and this run's would be two sets "
+                         "for the same posts; pass another --output")  # fmt: skip
     document = {**provenance.to_json(), "format_version": SIDECAR_VERSION}
     _write_atomically(out_fs, path, (json.dumps(document, indent=2) + "\n").encode())
 
@@ -331,12 +369,24 @@ def _run_on_ray(pending: list[Shard], *, progress: bool, in_fs, out_fs, out_dir,
     import ray  # noqa: PLC0415 -- the mner[ray] extra, imported only for a run
 
     started_here = False
+    local = address is None  # a Ray started here or by this process: what it has is all there is
     if address is not None:
-        ray.init(address=address, log_to_driver=False)
+        _check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as error:  # no cluster there; ray:// without ray[client]
+            raise RuntimeError(f"--ray-address {address}: cannot join a Ray cluster: {error}") from error
         started_here = True  # disconnect at the end (the cluster goes on)
     elif not ray.is_initialized():
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
         started_here = True
+    try:
+        _check_room(ray.cluster_resources(), actors=min(actors, len(pending)), cpus_per_actor=cpus_per_actor,
+                    gpus_per_actor=gpus_per_actor, refuse=local)  # fmt: skip
+    except ValueError:
+        if started_here:
+            ray.shutdown()
+        raise
     context = ray.data.DataContext.get_current()
     bars = context.enable_progress_bars
     context.enable_progress_bars = bars and progress
@@ -371,6 +421,41 @@ def _run_on_ray(pending: list[Shard], *, progress: bool, in_fs, out_fs, out_dir,
             ray.shutdown()
 
 
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A HOST:PORT address that nothing answers at is refused here: ray.init retries such a head for minutes."""
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise ValueError(f"--ray-address {address}: expected HOST:PORT (the head's GCS port, 6379 by default), "
+                         "auto, or ray://HOST:10001")  # fmt: skip
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise RuntimeError(f"--ray-address {address}: nothing answers there ({error.strerror or error}): is the "
+                           "cluster's head up (ray start --head)?") from error  # fmt: skip
+
+
+def _check_room(resources: dict[str, float], *, actors: int, cpus_per_actor: float, gpus_per_actor: float,
+                refuse: bool) -> None:
+    """An actor the Ray has no room for waits forever: refused on a local Ray (``refuse``), whose resources are
+    all there is; a warning on a cluster, which may add nodes. Fewer actors than asked that fit: a warning."""
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    if cpus_per_actor > cpus or gpus_per_actor > gpus:
+        message = (f"an actor asks for {cpus_per_actor:g} CPUs and {gpus_per_actor:g} GPUs (--cpus-per-actor, "
+                   f"--gpus-per-actor), and this Ray has {cpus:g} CPUs and {gpus:g} GPUs in all: no actor could "
+                   "start and the run would wait forever")  # fmt: skip
+        if refuse:
+            raise ValueError(message + "; ask for less, or start Ray with more (--ray-cpus)")
+        logger.warning("%s, unless the cluster adds nodes", message)
+        return
+    fit = min(int(cpus // cpus_per_actor) if cpus_per_actor else actors,
+              int(gpus // gpus_per_actor) if gpus_per_actor else actors)  # fmt: skip
+    if fit < actors:
+        logger.warning("%d actors asked for, %d fit in this Ray's %g CPUs and %g GPUs at once: the others wait",
+                       actors, fit, cpus, gpus)  # fmt: skip
+
+
 class _ShardTagger:
     """One actor of the pool: one Pipeline, tagging whole shards with mner-tag's ``tag_jsonl``."""
 
@@ -390,9 +475,19 @@ class _ShardTagger:
         return {name: [row[name] for row in rows] for name in rows[0]}
 
     def _tag_shard(self, item: dict[str, Any]) -> dict[str, Any]:
+        logger.info("tagging %s on process %d", item["name"], os.getpid())
+        try:
+            return self._tag_shard_into_place(item)
+        except Exception as error:  # noqa: BLE001 -- a shard that cannot be read is that shard's problem
+            # (a file named .parquet that is none, a truncated file, an object store that refused): its temporary
+            # output is gone, the other shards go on, and the run's summary names it; a rerun tries it again
+            logger.warning("%s: %s: %s", item["name"], type(error).__name__, error)
+            return {"shard": item["name"], "posts": 0, "tagged": 0, "entities": 0, "errors": "{}",
+                    "failed": f"{type(error).__name__}: {error}"}  # fmt: skip
+
+    def _tag_shard_into_place(self, item: dict[str, Any]) -> dict[str, Any]:
         from mner.runtime.tagfile import tag_jsonl  # noqa: PLC0415
 
-        logger.info("tagging %s on process %d", item["name"], os.getpid())
         if item["format"] == "parquet":
             source = io.BufferedReader(_ParquetLines(self.in_fs, item["path"]))
         else:
@@ -411,7 +506,7 @@ class _ShardTagger:
                 summary = tag_jsonl(self.pipeline, input=source, output=sink, images=self.images, progress=False,
                                     **self.reading)  # fmt: skip
         return {"shard": item["name"], "posts": summary.lines, "tagged": summary.tagged, "entities": summary.entities,
-                "errors": json.dumps(dict(summary.errors))}  # fmt: skip
+                "errors": json.dumps(dict(summary.errors)), "failed": ""}  # fmt: skip
 
 
 class _AtomicOutput:

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -268,6 +269,7 @@ def test_mner_tag_ray_takes_no_conll(exported_once, tmp_path):
     ({"cpus_per_actor": 0}, "an actor needs some CPU or GPU"),
     ({"backend": "tvm"}, "backend must be one of"),
     ({"on_bad_image": "skip"}, "on_bad_image must be one of"),
+    ({"gpus_per_actor": 1}, "gpus_per_actor (--gpus-per-actor) goes with device 'cuda' (--device cuda) or backend 'trt'"),
     ({"output_format": "csv"}, "output_format must be one of ('jsonl', 'parquet'), got 'csv'"),
 ])  # fmt: skip
 def test_bad_options_are_refused_before_ray_starts(exported_once, tmp_path, options, message):
@@ -294,3 +296,72 @@ def test_inputs_and_outputs_that_cannot_be_used_are_refused(exported_once, tmp_p
     (tmp_path / "other" / SIDECAR_NAME).write_text("{}")
     with pytest.raises(ValueError, match="is not an mner-tag sidecar"):
         tag_ray(bundle, shard, tmp_path / "other")
+
+
+def test_a_shard_that_cannot_be_read_is_named_and_the_others_are_written(local_ray, archive, exported_once, tmp_path):
+    """A file named .parquet that is none stops only itself: no output shard for it (a rerun tries it again), the
+    others written, the summary naming it; mner-tag --ray then exits 1 with one line for it."""
+    root, expected = archive
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "part-1.jsonl").write_bytes((root / "in" / "part-1.jsonl").read_bytes())
+    (source / "broken.parquet").write_text("not a parquet file\n")
+    summary = tag_ray(exported_once.bundle, source, tmp_path / "out", batch_size=8, progress=False)
+    assert list(summary.failed) == ["broken.parquet"] and "Parquet magic bytes not found" in summary.failed["broken.parquet"]
+    assert records(tmp_path / "out") == {"part-1.jsonl": expected["part-1.jsonl"]}
+    assert not list((tmp_path / "out").glob("broken*")) and "broken.parquet: ArrowInvalid: " in summary.format()
+    result = CliRunner().invoke(tag_command, ["--engine", str(exported_once.bundle), "--input", str(source), "-o",
+                                              str(tmp_path / "out"), "--ray", "--no-progress"])  # fmt: skip
+    assert result.exit_code == 1 and "0 written, 1 skipped" in result.output, result.output
+    assert "Error: 1 of 2 shards could not be tagged (above)" in result.output
+
+
+def test_an_output_the_ray_cannot_hold_or_reach_is_refused(local_ray, exported_once, tmp_path, caplog):
+    shard = tmp_path / "a.jsonl"
+    shard.write_text('{"id": 1, "text": "Kawhi Leonard in Toronto"}\n')
+    with pytest.raises(ValueError, match=r"an actor asks for 64 CPUs and 0 GPUs .* this Ray has 2 CPUs and 0 GPUs in "
+                                         r"all: no actor could start"):  # fmt: skip
+        tag_ray(exported_once.bundle, shard, tmp_path / "out", cpus_per_actor=64)
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    with pytest.raises(RuntimeError, match=rf"--ray-address 127.0.0.1:{port}: nothing answers there"):
+        tag_ray(exported_once.bundle, shard, tmp_path / "out", address=f"127.0.0.1:{port}")
+    (tmp_path / "two").mkdir()
+    for name in ("a.jsonl", "b.jsonl"):
+        (tmp_path / "two" / name).write_text(shard.read_text())
+    with caplog.at_level("WARNING", logger="mner.runtime.ray_tag"):  # two actors of 1.5 CPUs on 2: one at a time
+        summary = tag_ray(exported_once.bundle, tmp_path / "two", tmp_path / "out", actors=2, cpus_per_actor=1.5,
+                          progress=False)  # fmt: skip
+    assert summary.posts == 2 and "2 actors asked for, 1 fit in this Ray's 2 CPUs and 0 GPUs at once" in caplog.text
+
+
+def test_the_input_folder_or_another_bundle_s_output_is_refused(exported_once, tmp_path, caplog):
+    """The input folder as --output would read its own output shards as input next time; another bundle's shards in
+    --output would be a second set of records for the same posts; a subfolder of --input is named, not read."""
+    source = tmp_path / "in"
+    (source / "2026").mkdir(parents=True)
+    (source / "a.jsonl").write_text('{"id": 1, "text": "x"}\n')
+    with pytest.raises(ValueError, match="--output .* is the --input folder"):
+        tag_ray(exported_once.bundle, source, source)
+    with pytest.raises(ValueError, match="--output .* is the --input folder"):
+        tag_ray(exported_once.bundle, source, tmp_path / "in" / ".." / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    other = {"format": "mner-tag-output", "format_version": 1, "bundle": {"sha256": "f" * 64, "path": "/old/bundle"},
+             "options": {"input": "jsonl", "output_format": "jsonl", "backend": "ort", "precision": "fp32",
+                         "on_bad_image": "error", "with_text": False, "max_text_chars": 10000,
+                         "max_line_bytes": 16777216}}  # fmt: skip
+    (out / SIDECAR_NAME).write_text(json.dumps(other))
+    with caplog.at_level("WARNING", logger="mner.runtime.ray_tag"), \
+            pytest.raises(ValueError, match=r"holds shards of another bundle .*ffffffffffffffff\.\.\., /old/bundle"):
+        tag_ray(exported_once.bundle, source, out)
+    assert "its subfolders are not read (2026)" in caplog.text
+
+
+def test_plain_mner_tag_points_a_parquet_input_to_ray(exported_once, tmp_path):
+    (tmp_path / "a.parquet").write_bytes(b"PAR1")
+    result = CliRunner().invoke(tag_command, ["--engine", str(exported_once.bundle), "--input",
+                                              str(tmp_path / "a.parquet"), "-o", str(tmp_path / "o.jsonl")])  # fmt: skip
+    assert result.exit_code == 2 and "mner-tag reads JSONL; Parquet shards are read with --ray" in result.output
+    assert not (tmp_path / "o.jsonl").exists()
