@@ -48,7 +48,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from mner.runtime.tagfile import MAX_LINE_BYTES, MAX_TEXT_CHARS, SIDECAR_FORMAT, SIDECAR_VERSION, Provenance
+from mner.runtime.tagfile import (
+    MAX_LINE_BYTES,
+    MAX_TEXT_CHARS,
+    SIDECAR_FORMAT,
+    Provenance,
+    option_differences,
+    parse_sidecar,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -165,17 +172,14 @@ def tag_ray(
     provenance = Provenance(sha, options, os.path.abspath(bundle), dict(bundle_details or {}))
     _claim_output(out_fs, out_dir, provenance, shown=os.fspath(output))
     summary = RaySummary(shards=len(shards), output=str(output))
-    pending = []
-    for shard in shards:
-        if _exists(out_fs, _output_path(out_dir, shard, sha, output_format)):
-            summary.skipped_shards += 1
-        else:
-            pending.append(shard)
+    outputs = {shard.name: _output_path(out_dir, shard, sha, output_format) for shard in shards}
+    pending = [shard for shard in shards if not _exists(out_fs, outputs[shard.name])]
+    summary.skipped_shards = len(shards) - len(pending)
     if pending:
-        _remove_leftovers(out_fs, out_dir, {_output_path(out_dir, shard, sha, output_format) for shard in pending})
+        _remove_leftovers(out_fs, out_dir, {outputs[shard.name] for shard in pending})
         counts = _run_on_ray(
-            pending, progress=progress, in_fs=in_fs, out_fs=out_fs, out_dir=out_dir, sha=sha,
-            output_format=output_format, address=address, num_cpus=num_cpus,
+            pending, outputs, progress=progress, in_fs=in_fs, out_fs=out_fs, output_format=output_format,
+            address=address, num_cpus=num_cpus,
             actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, images=images,
             reading={"max_text_chars": max_text_chars, "max_line_bytes": max_line_bytes, "sort_window": sort_window},
             tagging={"bundle": str(bundle), "backend": backend, "device": device, "precision": precision,
@@ -308,46 +312,22 @@ def _remove_leftovers(out_fs, out_dir: str, outputs: set[str]) -> None:
             out_fs.delete_file(info.path)
 
 
-def _write_atomically(out_fs, path: str, data: bytes) -> None:
-    """``data`` to a temporary file beside ``path``, then moved onto it: a reader (and a rerun) sees the
-    whole shard or none (a rename on a local or POSIX file system; an object store's objects appear whole)."""
-    temporary = f"{path}.{uuid.uuid4().hex}.tmp"
-    try:
-        with out_fs.open_output_stream(temporary) as stream:
-            stream.write(data)
-        out_fs.move(temporary, path)
-    except BaseException:
-        try:
-            out_fs.delete_file(temporary)
-        except OSError:
-            pass
-        raise
-
-
 def _claim_output(out_fs, out_dir: str, provenance: Provenance, shown: str) -> None:
     """Refuse an output folder whose sidecar names other options or another bundle (its shards and this run's
     would be one archive of two kinds of records); write the sidecar where there is none. ``shown``: the output
     as the user gave it, for messages."""
     path = f"{out_dir.rstrip('/')}/{SIDECAR_NAME}"
-    meta = None
     if _exists(out_fs, path):
         with out_fs.open_input_stream(path) as stream:
-            try:
-                meta = json.loads(stream.read())
-            except (ValueError, UnicodeDecodeError):
-                meta = None
-        if not (isinstance(meta, dict) and meta.get("format") == SIDECAR_FORMAT
-                and isinstance(meta.get("options"), dict)):  # fmt: skip
+            meta = parse_sidecar(stream.read())
+        if meta is None:
             raise ValueError(f"{path} is not an mner-tag sidecar (format {SIDECAR_FORMAT!r}): pass another --output")
-        differences = [f"--{name.replace('_', '-')}: {json.dumps(meta['options'].get(name))} then, "
-                       f"{json.dumps(provenance.options.get(name))} now"
-                       for name in sorted(set(meta["options"]) | set(provenance.options))
-                       if meta["options"].get(name) != provenance.options.get(name)]  # fmt: skip
+        differences = option_differences(meta["options"], provenance.options)
         if differences:
             raise ValueError(f"--output {shown} holds shards written with other options ({SIDECAR_NAME}), so this "
                              "run's would mix two kinds of records in one archive:\n  " + "\n  ".join(differences)
                              + "\npass another --output, or run with the options that wrote it")  # fmt: skip
-        bundle = meta.get("bundle") if isinstance(meta.get("bundle"), dict) else {}
+        bundle = meta["bundle"]
         if bundle.get("sha256") == provenance.bundle_sha256:
             return
         # Two bundles' shards in one folder are two sets of records for the same posts: as mner-tag refuses to
@@ -356,16 +336,17 @@ def _claim_output(out_fs, out_dir: str, provenance: Provenance, shown: str) -> N
                          f"{str(bundle.get('sha256'))[:SHA_CHARS]}..., {bundle.get('path')}), not of this one "
                          f"({provenance.bundle_sha256[:SHA_CHARS]}...): its records and this run's would be two sets "
                          "for the same posts; pass another --output")  # fmt: skip
-    document = {**provenance.to_json(), "format_version": SIDECAR_VERSION}
-    _write_atomically(out_fs, path, (json.dumps(document, indent=2) + "\n").encode())
+    with _AtomicOutput(out_fs, path) as sink:
+        sink.write((json.dumps(provenance.to_json(), indent=2) + "\n").encode())
 
 
 # --------------------------------------------------------------------------- the Ray job
 
 
-def _run_on_ray(pending: list[Shard], *, progress: bool, in_fs, out_fs, out_dir, sha, output_format, address, num_cpus,
-                actors, cpus_per_actor, gpus_per_actor, images, reading, tagging) -> list[dict[str, Any]]:  # fmt: skip
-    """Tag and write ``pending`` on Ray; one row of counts per shard written."""
+def _run_on_ray(pending: list[Shard], outputs: dict[str, str], *, progress: bool, in_fs, out_fs, output_format, address,
+                num_cpus, actors, cpus_per_actor, gpus_per_actor, images, reading, tagging) -> list[dict[str, Any]]:  # fmt: skip
+    """Tag ``pending`` on Ray, each into its output shard (``outputs``, by shard name); one row of counts per
+    shard."""
     import ray  # noqa: PLC0415 -- the mner[ray] extra, imported only for a run
 
     started_here = False
@@ -380,25 +361,20 @@ def _run_on_ray(pending: list[Shard], *, progress: bool, in_fs, out_fs, out_dir,
     elif not ray.is_initialized():
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
         started_here = True
+    context = ray.data.DataContext.get_current()
+    bars = context.enable_progress_bars
     try:
         _check_room(ray.cluster_resources(), actors=min(actors, len(pending)), cpus_per_actor=cpus_per_actor,
                     gpus_per_actor=gpus_per_actor, refuse=local)  # fmt: skip
-    except ValueError:
-        if started_here:
-            ray.shutdown()
-        raise
-    context = ray.data.DataContext.get_current()
-    bars = context.enable_progress_bars
-    context.enable_progress_bars = bars and progress
-    if not progress:
-        # Ray Data logs once per process that the bars are off, telling how to turn them on: the user just did
-        # (--no-progress). Marking that message as logged keeps it out (a renamed key shows the line again).
-        from ray.util.debug import log_once  # noqa: PLC0415
+        context.enable_progress_bars = bars and progress
+        if not progress:
+            # Ray Data logs once per process that the bars are off, telling how to turn them on: the user just did
+            # (--no-progress). Marking that message as logged keeps it out (a renamed key shows the line again).
+            from ray.util.debug import log_once  # noqa: PLC0415
 
-        log_once("ray_data_progress_manager_disabled")
-    try:
-        items = [{"path": shard.path, "name": shard.name, "format": shard.format,
-                  "output": _output_path(out_dir, shard, sha, output_format)} for shard in pending]  # fmt: skip
+            log_once("ray_data_progress_manager_disabled")
+        items = [{"path": shard.path, "name": shard.name, "format": shard.format, "output": outputs[shard.name]}
+                 for shard in pending]  # fmt: skip
         dataset = ray.data.from_items(items, override_num_blocks=len(items))
         dataset = dataset.map_batches(
             _ShardTagger, batch_size=1, batch_format="pandas",

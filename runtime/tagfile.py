@@ -395,12 +395,8 @@ def _check_provenance(output: Path, provenance: Provenance, done: _Done) -> bool
                           f"options wrote them (an mner-tag older than that file, or another program, wrote it), so "
                           f"resuming could mix two models' records in one file: pass another --output, or delete "
                           f"{output} to start again")  # fmt: skip
-    try:
-        meta = jsonlimits.loads(raw)
-    except (jsonlimits.JsonLimitError, UnicodeDecodeError):
-        meta = None
-    if not (isinstance(meta, dict) and meta.get("format") == SIDECAR_FORMAT and isinstance(meta.get("bundle"), dict)
-            and isinstance(meta.get("options"), dict)):  # fmt: skip
+    meta = parse_sidecar(raw)
+    if meta is None:
         raise OutputError(f"{path} is not an mner-tag sidecar (format {SIDECAR_FORMAT!r}), so which bundle wrote "
                           f"--output {output} is unknown: {start_again}")  # fmt: skip
     then_sha, then_path = meta["bundle"].get("sha256"), meta["bundle"].get("path", "")
@@ -408,15 +404,32 @@ def _check_provenance(output: Path, provenance: Provenance, done: _Done) -> bool
     if then_sha != provenance.bundle_sha256:
         differences.append(f"bundle: sha256 {then_sha} ({then_path}) wrote it; this run's is sha256 "
                            f"{provenance.bundle_sha256} ({provenance.bundle_path})")  # fmt: skip
-    for name in sorted(set(meta["options"]) | set(provenance.options)):
-        then, now = meta["options"].get(name), provenance.options.get(name)
-        if then != now:
-            differences.append(f"{_option_name(name)}: {json.dumps(then)} then, {json.dumps(now)} now")
+    differences += option_differences(meta["options"], provenance.options)
     if differences:
         raise OutputError(f"--output {output} was written by another bundle or with other options ({path.name}), so "
                           "resuming it would mix two runs' records in one file:\n  " + "\n  ".join(differences)
                           + f"\n{start_again}, or run with the bundle and options that wrote it")  # fmt: skip
     return True
+
+
+def parse_sidecar(raw: bytes) -> dict[str, Any] | None:
+    """The document of a sidecar's bytes (format, bundle, options), or None where they are no mner-tag sidecar.
+    Also read by ``ray_tag`` for an output folder's sidecar."""
+    try:
+        meta = jsonlimits.loads(raw)
+    except (jsonlimits.JsonLimitError, UnicodeDecodeError):
+        return None
+    if not (isinstance(meta, dict) and meta.get("format") == SIDECAR_FORMAT and isinstance(meta.get("bundle"), dict)
+            and isinstance(meta.get("options"), dict)):  # fmt: skip
+        return None
+    return meta
+
+
+def option_differences(then: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """One line per option whose value differs between a sidecar's options and this run's, as the command line
+    names it: ``--with-text: false then, true now``."""
+    return [f"{_option_name(name)}: {json.dumps(then.get(name))} then, {json.dumps(now.get(name))} now"
+            for name in sorted(set(then) | set(now)) if then.get(name) != now.get(name)]  # fmt: skip
 
 
 def _option_name(name: str) -> str:
