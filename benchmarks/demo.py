@@ -155,7 +155,6 @@ def run_demo(
     return {"metrics": metrics, "timings": timings, "results": records, "bench": report}
 
 
-
 def _finished(best: Path) -> bool:
     """Whether ``best`` is the checkpoint of a finished training: mner-train adds the test scores to it after
     the last epoch, so one stopped early (Ctrl-C during make demo) has dev scores only."""
@@ -164,6 +163,7 @@ def _finished(best: Path) -> bool:
     from mner.train.checkpoint import load_checkpoint  # noqa: PLC0415
 
     return "test" in load_checkpoint(best).payload.get("metrics", {})
+
 
 @clikit.command()
 @clikit.option("-o", "--output", "out_dir", hidden_aliases=("--out",), default="out/demo", type=click.Path(file_okay=False),
